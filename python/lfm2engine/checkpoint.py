@@ -261,31 +261,50 @@ def bf16_to_f32(a: np.ndarray) -> np.ndarray:
     return (np.asarray(a, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
 
 
-def save_file(tensors: dict[str, np.ndarray], path: str, dtype: str = "F32", metadata: dict | None = None) -> None:
-    """Write a .safetensors file atomically. Arrays are float32 (stored as `dtype`: F32, F16 or BF16);
-    uint16 arrays are taken as bf16 bits already."""
-    header: dict = {"__metadata__": metadata or {"format": "pt"}}
-    blobs = []
+def _encode(a: np.ndarray, tag: str) -> np.ndarray:
+    if a.dtype == np.uint16:  # already bf16 bits
+        return np.ascontiguousarray(a)
+    a32 = np.ascontiguousarray(a, dtype=np.float32)
+    return {"F32": a32, "F16": a32.astype(np.float16), "BF16": f32_to_bf16(a32)}[tag]
+
+
+def write_safetensors(path: str, specs: dict[str, tuple[int, ...]], make, dtype: str = "F32",
+                      progress=None) -> None:
+    """Stream tensors to one .safetensors file atomically without holding them all in memory.
+
+    specs: {name: shape}; make(name) -> float32 array (or uint16 bf16 bits) of that shape, called
+    once per tensor in sorted-name order; expert_bias stays F32 (MODEL.md §8)."""
+    header: dict = {"__metadata__": {"format": "pt"}}
     off = 0
-    for n in sorted(tensors):
-        a = tensors[n]
-        if a.dtype == np.uint16:
-            tag, b = "BF16", np.ascontiguousarray(a)
-        else:
-            tag = "F32" if (dtype == "F32" or n.endswith("expert_bias")) else dtype
-            a32 = np.ascontiguousarray(a, dtype=np.float32)
-            b = {"F32": a32, "F16": a32.astype(np.float16), "BF16": f32_to_bf16(a32)}[tag]
-        nb = b.nbytes
-        header[n] = {"dtype": tag, "shape": list(a.shape), "data_offsets": [off, off + nb]}
-        blobs.append(b)
+    for n in sorted(specs):
+        tag = "F32" if (dtype == "F32" or n.endswith("expert_bias")) else dtype
+        nb = int(np.prod(specs[n], dtype=np.int64)) * _DTYPES[tag][1]
+        header[n] = {"dtype": tag, "shape": list(specs[n]), "data_offsets": [off, off + nb]}
         off += nb
     hj = json.dumps(header, separators=(",", ":")).encode()
     hj += b" " * (-len(hj) % 8)
     with atomic_writer(path, "wb") as f:
         f.write(struct.pack("<Q", len(hj)))
         f.write(hj)
-        for b in blobs:
+        for n in sorted(specs):
+            a = make(n)
+            if tuple(a.shape) != tuple(specs[n]):
+                raise ValueError(f"{n}: made shape {a.shape}, declared {specs[n]}")
+            if a.dtype == np.uint16 and header[n]["dtype"] != "BF16":
+                raise ValueError(f"{n}: bf16 bits given for a {header[n]['dtype']} tensor")
+            b = _encode(a, header[n]["dtype"])
             f.write(memoryview(b).cast("B"))
+            if progress is not None:
+                progress(b.nbytes)
+
+
+def save_file(tensors: dict[str, np.ndarray], path: str, dtype: str = "F32") -> None:
+    """Write a .safetensors file atomically. float32 arrays are stored as `dtype` (F32, F16 or
+    BF16); uint16 arrays are taken as bf16 bits already."""
+    specs = {n: tuple(a.shape) for n, a in tensors.items()}
+    if any(a.dtype == np.uint16 for a in tensors.values()):
+        dtype = "BF16"
+    write_safetensors(path, specs, tensors.__getitem__, dtype)
 
 
 class atomic_writer:
@@ -310,27 +329,34 @@ class atomic_writer:
         return False
 
 
-def save_pretrained(cfg: LFM2Config, tensors: dict[str, np.ndarray], out_dir: str, dtype: str = "F32",
-                    max_shard_bytes: int | None = None) -> None:
-    """Write config.json + safetensors (sharded with an index when max_shard_bytes is set)."""
+def save_pretrained(cfg: LFM2Config, tensors, out_dir: str, dtype: str = "F32",
+                    max_shard_bytes: int | None = None, progress=None) -> None:
+    """Write config.json + safetensors (sharded with an index when max_shard_bytes is set).
+
+    `tensors` is a dict of arrays, or a callable name -> array for the manifest of `cfg`
+    (streamed, so a real-size checkpoint never sits in memory)."""
     os.makedirs(out_dir, exist_ok=True)
+    if callable(tensors):
+        specs, make = expected_tensors(cfg), tensors
+    else:
+        specs, make = {n: tuple(a.shape) for n, a in tensors.items()}, tensors.__getitem__
     itemsize = {"F32": 4, "F16": 2, "BF16": 2}[dtype]
     if max_shard_bytes is None:
-        save_file(tensors, os.path.join(out_dir, SINGLE_NAME), dtype)
+        write_safetensors(os.path.join(out_dir, SINGLE_NAME), specs, make, dtype, progress)
     else:
         shards: list[dict] = [{}]
         size = 0
-        for n in sorted(tensors):
-            nb = tensors[n].size * itemsize
+        for n in sorted(specs):
+            nb = int(np.prod(specs[n], dtype=np.int64)) * itemsize
             if shards[-1] and size + nb > max_shard_bytes:
                 shards.append({})
                 size = 0
-            shards[-1][n] = tensors[n]
+            shards[-1][n] = specs[n]
             size += nb
         wmap = {}
         for k, sh in enumerate(shards):
             fname = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
-            save_file(sh, os.path.join(out_dir, fname), dtype)
+            write_safetensors(os.path.join(out_dir, fname), sh, make, dtype, progress)
             wmap.update({n: fname for n in sh})
         with atomic_writer(os.path.join(out_dir, INDEX_NAME), "w") as f:
             json.dump({"metadata": {}, "weight_map": wmap}, f, indent=1)

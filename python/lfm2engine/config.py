@@ -52,7 +52,7 @@ class LFM2Config:
     use_expert_bias: bool = False
     routed_scaling_factor: float = 1.0
     norm_topk_prob: bool = True
-    torch_dtype: str = "float32"
+    torch_dtype: str = field(default="float32", compare=False)  # storage dtype on disk; not part of the math
     extra: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     # ---------------------------------------------------------------- derived helpers
@@ -127,7 +127,9 @@ class LFM2Config:
 
     def fingerprint(self) -> str:
         """Stable hash of every field that changes the math (ranks compare it at start-up)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        d = self.to_dict()
+        d.pop("torch_dtype")
+        blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     # ---------------------------------------------------------------- constructors

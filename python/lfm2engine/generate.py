@@ -1,0 +1,257 @@
+"""`python -m lfm2engine.generate`: run a workload or generate text/tokens, mpirun-aware.
+
+Workload mode (default): last-token logits of each prompt of inputs.bin -> outputs.bin (atomic),
+-v validates against answers.bin. Generation mode (--prompt / --prompt-ids): continues the
+prompt by --max-new-tokens. Without --model, the built-in synthetic model and workload are used.
+Throughput goes to stderr; --json prints a machine-readable summary on stdout (rank 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from . import log
+from .errors import InputError
+from .parallel import check_same_model, gather_rows, get_comm, run_guarded
+from .parallel.plan import batch_slice
+
+PLANS = ("dp", "ep", "tp")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m lfm2engine.generate",
+        description="LFM2 / LFM2-MoE inference. Workload mode (default) writes last-token logits of "
+                    "inputs.bin to outputs.bin; generation mode (--prompt/--prompt-ids) continues a prompt. "
+                    "Run under `mpirun -np R` to split the work over R ranks.")
+    ap.add_argument("--model", help="Hugging Face checkpoint directory (config.json + *.safetensors). "
+                                    "Default: the built-in synthetic model (see --config)")
+    ap.add_argument("--config", default="default", choices=("default", "full"),
+                    help="built-in synthetic model when --model is absent: 'default' (LFM2-8B-A1B structure "
+                         "scaled to run in seconds) or 'full' (real-size LFM2-8B-A1B, random weights, 16.7 GB)")
+    ap.add_argument("--inputs", help="inputs.bin (default: the model's built-in workload, 32 × 16 tokens)")
+    ap.add_argument("--answers", help="answers.bin for -v (default: the built-in workload's answers)")
+    ap.add_argument("--outputs", default="outputs.bin", help="where to write logits (default outputs.bin)")
+    ap.add_argument("-n", type=int, default=None, help="number of samples to run (default: all)")
+    ap.add_argument("-v", "--validate", action="store_true", help="compare outputs with answers.bin: VALID/INVALID")
+    ap.add_argument("-w", "--warmup", type=int, default=0, help="warm-up passes before timing (default 0)")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                    help="weight storage dtype; compute is fp32 (default float32: exact mode)")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--batch-size", type=int, default=16, help="prompts per forward call (default 16)")
+    ap.add_argument("--threads", type=int, default=None, help="OpenMP threads per rank (default: all cores / ranks)")
+    ap.add_argument("--plan", default="dp", choices=PLANS,
+                    help="parallel plan: dp = split samples, ep = shard experts, tp = shard expert FFN width")
+    ap.add_argument("--max-new-tokens", type=int, default=16, help="tokens to generate in generation mode")
+    ap.add_argument("--prompt", help="prompt text (needs tokenizer.json in the model directory)")
+    ap.add_argument("--prompt-ids", help="prompt as comma-separated token ids, e.g. 1,2,3")
+    ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    ap.add_argument("--top-k", type=int, default=0)
+    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--stop-at-eos", action="store_true", help="stop a sequence at the config's eos token")
+    ap.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    ap.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
+    return ap
+
+
+def parse_ids(text: str) -> list[int]:
+    try:
+        ids = [int(t) for t in text.replace(" ", "").split(",") if t != ""]
+    except ValueError:
+        raise InputError(f"--prompt-ids must be comma-separated integers, found {text!r}") from None
+    if not ids:
+        raise InputError("--prompt-ids is empty")
+    return ids
+
+
+def resolve_model(args, comm) -> str:
+    if args.model:
+        if not os.path.isdir(args.model):
+            raise InputError(f"--model {args.model}: not a directory")
+        return args.model
+    from .synthetic import default_model_dir
+
+    if comm.Get_rank() == 0:
+        d = default_model_dir(args.config, verbose=not args.quiet)
+    comm.Barrier()
+    if comm.Get_rank() != 0:
+        d = default_model_dir(args.config, create=False)
+    return d
+
+
+def default_threads(size: int) -> int:
+    return max(1, (os.cpu_count() or 1) // size)
+
+
+def load_engine(args, comm, model_dir):
+    from .model import Engine
+
+    threads = args.threads or default_threads(comm.Get_size())
+    t0 = time.perf_counter()
+    eng = Engine.from_pretrained(model_dir, dtype=args.dtype, device=args.device, num_threads=threads,
+                                 verbose=not args.quiet and comm.Get_rank() == 0)
+    log.info(f"loaded {model_dir} ({eng.config.model_type}, {eng.config.num_hidden_layers} layers, "
+             f"dtype {args.dtype}) in {time.perf_counter() - t0:.2f} s; {comm.Get_size()} rank(s) × {threads} threads")
+    check_same_model(comm, eng.config.fingerprint(), eng.fingerprint)
+    if args.plan != "dp" and comm.Get_size() > 1:
+        from .parallel import executors
+
+        executors.install(eng, args.plan, comm)
+    return eng
+
+
+def run_workload(args, comm, eng, model_dir) -> dict:
+    from .workload import default_workload, read_inputs, read_logits, validate, write_logits
+
+    rank, size = comm.Get_rank(), comm.Get_size()
+    inputs, answers = args.inputs, args.answers
+    if inputs is None:
+        if rank == 0:
+            inputs, dflt_ans = default_workload(model_dir, verbose=not args.quiet)
+        comm.Barrier()
+        if rank != 0:
+            inputs, dflt_ans = default_workload(model_dir, verbose=False)
+        answers = answers or dflt_ans
+    ids = read_inputs(inputs)
+    n = ids.shape[0] if args.n is None else args.n
+    if n < 1 or n > ids.shape[0]:
+        raise InputError(f"-n {n}: the workload {inputs} has {ids.shape[0]} samples (choose 1..{ids.shape[0]})")
+    ids = ids[:n]
+    eng.check_prompts(list(ids))  # ids in range, prompt fits the context — on every rank, before any work
+    ans = None
+    if args.validate:
+        if answers is None:
+            raise InputError("-v needs --answers (or the built-in workload)")
+        ans = read_logits(answers)
+        if ans.shape[1] != eng.config.vocab_size or ans.shape[0] < n:
+            raise InputError(f"{answers}: holds {ans.shape[0]} × {ans.shape[1]} logits; need >= {n} × "
+                             f"{eng.config.vocab_size} for this workload and model")
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, found {args.batch_size}")
+    start, stop = batch_slice(n, size, rank) if args.plan == "dp" else (0, n)
+    mine = ids[start:stop]
+
+    def run_all():
+        out = np.empty((len(mine), eng.config.vocab_size), np.float32)
+        for b in range(0, len(mine), args.batch_size):
+            out[b : b + args.batch_size] = eng.logits(list(mine[b : b + args.batch_size]))
+        return out
+
+    for _ in range(args.warmup):
+        if len(mine):
+            run_all()
+    comm.Barrier()
+    t0 = time.perf_counter()
+    local = run_all() if len(mine) else np.empty((0, eng.config.vocab_size), np.float32)
+    comm.Barrier()
+    elapsed = time.perf_counter() - t0
+    if args.plan == "dp":
+        counts = [batch_slice(n, size, r)[1] - batch_slice(n, size, r)[0] for r in range(size)]
+        logits = gather_rows(comm, local, counts)
+    else:
+        logits = local if rank == 0 else None
+    summary = {"mode": "workload", "model": model_dir, "dtype": args.dtype, "plan": args.plan, "ranks": size,
+               "samples": n, "seq_len": int(ids.shape[1]), "seconds": elapsed,
+               "samples_per_s": n / elapsed, "prompt_tokens_per_s": n * ids.shape[1] / elapsed}
+    if rank == 0:
+        write_logits(args.outputs, logits)
+        summary["outputs"] = args.outputs
+        log.info(f"{n} samples × {ids.shape[1]} tokens in {elapsed:.3f} s: {n / elapsed:.2f} samples/s, "
+                 f"{n * ids.shape[1] / elapsed:.1f} prompt tokens/s -> {args.outputs}")
+        if ans is not None:
+            res = validate(logits, ans)
+            summary["validation"] = res
+            verdict = "VALID" if res["valid"] else "INVALID"
+            line = (f"{verdict}: top-1 accuracy {res['top1_accuracy'] * 100:.1f}%, "
+                    f"max |error| {res['max_abs_error']:.2e} over {n} samples")
+            if not res["valid"]:
+                fm = res["first_mismatch"]
+                line += (f"; {res['mismatches']} logits off by > 1e-3, first at sample {fm['sample']} "
+                         f"index {fm['index']}: {fm['output']:.6f} vs {fm['answer']:.6f}")
+            print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
+    return summary
+
+
+def run_generation(args, comm, eng, model_dir) -> dict:
+    from .tokenizer import load_tokenizer
+
+    rank, size = comm.Get_rank(), comm.Get_size()
+    tok = None
+    if args.prompt is not None and args.prompt_ids is not None:
+        raise InputError("give either --prompt or --prompt-ids, not both")
+    if args.prompt is not None:
+        tok = load_tokenizer(model_dir)
+        if tok is None:
+            raise InputError(f"--prompt needs {model_dir}/tokenizer.json; this checkpoint has none: use --prompt-ids")
+        if not args.prompt:
+            raise InputError("--prompt is empty")
+        prompt = tok.encode(args.prompt, add_bos=eng.config.bos_token_id)
+    else:
+        prompt = parse_ids(args.prompt_ids)
+    eng.check_prompts([prompt], args.max_new_tokens)
+    t0 = time.perf_counter()
+    steps = {"n": 0}
+    t_first = [None]
+
+    def on_step(step, live):
+        if t_first[0] is None:
+            t_first[0] = time.perf_counter()
+        steps["n"] = step
+
+    if rank == 0 or args.plan != "dp":
+        out = eng.generate([prompt], args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                           top_p=args.top_p, seed=args.seed, stop_at_eos=args.stop_at_eos, on_step=on_step)[0]
+    else:
+        out = []
+    elapsed = time.perf_counter() - t0
+    comm.Barrier()
+    summary = {"mode": "generate", "model": model_dir, "dtype": args.dtype, "plan": args.plan, "ranks": size,
+               "prompt_ids": list(map(int, prompt)), "tokens": out, "seconds": elapsed}
+    if rank == 0:
+        prefill_s = (t_first[0] or time.perf_counter()) - t0
+        decode_s = max(elapsed - prefill_s, 1e-9)
+        summary.update(prefill_tokens_per_s=len(prompt) / max(prefill_s, 1e-9),
+                       decode_tokens_per_s=max(len(out) - 1, 0) / decode_s)
+        if tok is not None:
+            summary["text"] = tok.decode(out)
+        log.info(f"prompt {len(prompt)} tokens, generated {len(out)} in {elapsed:.3f} s "
+                 f"(prefill {summary['prefill_tokens_per_s']:.1f} tok/s, decode {summary['decode_tokens_per_s']:.1f} tok/s)")
+        if not args.json:
+            print(summary.get("text", " ".join(map(str, out))), flush=True)
+    return summary
+
+
+def _main(comm, args) -> int:
+    rank = comm.Get_rank()
+    log.configure(rank, comm.Get_size(), 0 if args.quiet else 1)
+    if args.n is not None and args.n < 1:
+        raise InputError(f"-n must be >= 1, found {args.n}")
+    if args.warmup < 0:
+        raise InputError(f"-w must be >= 0, found {args.warmup}")
+    model_dir = resolve_model(args, comm)
+    eng = load_engine(args, comm, model_dir)
+    if args.prompt is not None or args.prompt_ids is not None:
+        summary = run_generation(args, comm, eng, model_dir)
+    else:
+        summary = run_workload(args, comm, eng, model_dir)
+    if rank == 0 and args.json:
+        print(json.dumps(summary), flush=True)
+    if summary.get("validation") is not None and not summary["validation"]["valid"]:
+        return 1
+    return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_guarded(lambda comm: _main(comm, args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

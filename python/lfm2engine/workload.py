@@ -1,0 +1,158 @@
+"""Workload files of the course harness: inputs.bin, answers.bin, outputs.bin.
+
+inputs.bin:  int32 n, int32 seq_len, then n × seq_len int32 token ids.
+answers.bin / outputs.bin: int32 n, int32 vocab, then n × vocab float32 last-token logits.
+Validation: every logit within 1e-3 absolute of the answer -> VALID, plus top-1 accuracy.
+`python -m lfm2engine.workload make` writes a workload and its answers from the NumPy reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+from .checkpoint import atomic_writer
+from .errors import InputError, LFM2Error
+
+ATOL = 1e-3
+
+
+def _read(path: str, what: str) -> tuple[int, int, bytes]:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise InputError(f"{path}: cannot read {what} ({e.strerror})") from None
+    if len(data) < 8:
+        raise InputError(f"{path}: {len(data)} bytes is too short for a {what} header (8 bytes: int32 n, int32 size)")
+    a, b = np.frombuffer(data[:8], dtype="<i4")
+    return int(a), int(b), data[8:]
+
+
+def read_inputs(path: str) -> np.ndarray:
+    """-> token ids [n, seq_len] int32."""
+    n, l, body = _read(path, "inputs.bin")
+    if n < 1 or l < 1:
+        raise InputError(f"{path}: header says n={n}, seq_len={l}; both must be >= 1")
+    if len(body) != n * l * 4:
+        raise InputError(f"{path}: header says {n} × {l} int32 ids = {n * l * 4} bytes, the file holds {len(body)} "
+                         "(truncated or not an inputs.bin)")
+    return np.frombuffer(body, dtype="<i4").reshape(n, l).astype(np.int32)
+
+
+def read_logits(path: str) -> np.ndarray:
+    """-> logits [n, vocab] float32."""
+    n, v, body = _read(path, "logits file")
+    if n < 1 or v < 1:
+        raise InputError(f"{path}: header says n={n}, vocab={v}; both must be >= 1")
+    if len(body) != n * v * 4:
+        raise InputError(f"{path}: header says {n} × {v} float32 = {n * v * 4} bytes, the file holds {len(body)}")
+    return np.frombuffer(body, dtype="<f4").reshape(n, v).astype(np.float32)
+
+
+def write_inputs(path: str, ids: np.ndarray) -> None:
+    ids = np.asarray(ids, dtype="<i4")
+    if ids.ndim != 2:
+        raise InputError(f"inputs must be [n, seq_len], found shape {ids.shape}")
+    with atomic_writer(path, "wb") as f:
+        f.write(np.array(ids.shape, dtype="<i4").tobytes())
+        f.write(ids.tobytes())
+
+
+def write_logits(path: str, logits: np.ndarray) -> None:
+    logits = np.asarray(logits, dtype="<f4")
+    if logits.ndim != 2:
+        raise InputError(f"logits must be [n, vocab], found shape {logits.shape}")
+    with atomic_writer(path, "wb") as f:
+        f.write(np.array(logits.shape, dtype="<i4").tobytes())
+        f.write(logits.tobytes())
+
+
+def validate(outputs: np.ndarray, answers: np.ndarray, atol: float = ATOL) -> dict:
+    """Compare outputs [n, V] with the first n answers. Returns a summary dict."""
+    n = outputs.shape[0]
+    if answers.shape[0] < n or answers.shape[1] != outputs.shape[1]:
+        raise InputError(f"answers hold {answers.shape[0]} × {answers.shape[1]} logits; outputs are "
+                         f"{outputs.shape[0]} × {outputs.shape[1]} (wrong answers file for this workload/model?)")
+    ans = answers[:n]
+    diff = np.abs(outputs.astype(np.float64) - ans)
+    bad = diff > atol
+    top1 = float(np.mean(np.argmax(outputs, axis=1) == np.argmax(ans, axis=1)))
+    res = {"valid": not bool(bad.any()), "top1_accuracy": top1, "max_abs_error": float(diff.max()),
+           "mismatches": int(bad.sum()), "samples": n}
+    if bad.any():
+        s, j = map(int, np.argwhere(bad)[0])
+        res["first_mismatch"] = {"sample": s, "index": j, "output": float(outputs[s, j]), "answer": float(ans[s, j])}
+    return res
+
+
+def make_workload(model_dir: str, out_dir: str, n: int = 32, seq_len: int = 16, seed: int = 0,
+                  verbose: bool = True) -> tuple[str, str]:
+    """Random prompts (ids drawn from [2, V), i.e. no pad/bos) and their answers from the NumPy reference."""
+    from . import reference as ref
+    from .checkpoint import Checkpoint
+
+    if n < 1 or seq_len < 1:
+        raise InputError(f"a workload needs n >= 1 and seq_len >= 1, got {n}, {seq_len}")
+    ck = Checkpoint(model_dir)
+    cfg = ck.config
+    if seq_len > cfg.max_position_embeddings:
+        raise InputError(f"seq_len {seq_len} exceeds the context of {cfg.max_position_embeddings}")
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(min(2, cfg.vocab_size - 1), cfg.vocab_size, size=(n, seq_len)).astype(np.int32)
+    w = ck.state_dict_f32()
+    answers = np.empty((n, cfg.vocab_size), np.float32)
+    for i in range(n):
+        answers[i] = ref.forward(w, cfg, ids[i])
+        if verbose and (i + 1) % max(1, n // 4) == 0:
+            print(f"[lfm2engine] reference answers: {i + 1}/{n}", file=sys.stderr, flush=True)
+    os.makedirs(out_dir, exist_ok=True)
+    ip, ap = os.path.join(out_dir, "inputs.bin"), os.path.join(out_dir, "answers.bin")
+    write_inputs(ip, ids)
+    write_logits(ap, answers)
+    return ip, ap
+
+
+def default_workload(model_dir: str, verbose: bool = True) -> tuple[str, str]:
+    """The built-in workload of a model directory (32 prompts × 16 tokens), made on first use."""
+    from .synthetic import cache_dir
+
+    key = os.path.abspath(model_dir).strip("/").replace("/", "_")
+    d = os.path.join(cache_dir(), "workloads", key)
+    ip, ap = os.path.join(d, "inputs.bin"), os.path.join(d, "answers.bin")
+    if not (os.path.isfile(ip) and os.path.isfile(ap)):
+        if verbose:
+            print(f"[lfm2engine] creating the default workload (32 × 16 tokens) in {d}", file=sys.stderr, flush=True)
+        make_workload(model_dir, d, verbose=verbose)
+    return ip, ap
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m lfm2engine.workload",
+                                 description="Write a workload (inputs.bin) and its answers (answers.bin, NumPy "
+                                             "reference logits) for a checkpoint.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    mk = sub.add_parser("make", help="write inputs.bin and answers.bin")
+    mk.add_argument("--model", default=None, help="checkpoint directory (default: the built-in synthetic model)")
+    mk.add_argument("--out", required=True, help="output directory")
+    mk.add_argument("-n", type=int, default=32, help="number of prompts (default 32)")
+    mk.add_argument("--seq-len", type=int, default=16, help="tokens per prompt (default 16)")
+    mk.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+    try:
+        from .synthetic import default_model_dir
+
+        model = a.model or default_model_dir()
+        ip, anp = make_workload(model, a.out, a.n, a.seq_len, a.seed)
+        print(f"wrote {ip} and {anp}")
+        return 0
+    except LFM2Error as e:
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""LFM2Config: HF parsing, aliases, derived helpers, every ConfigError path."""
+
+import json
+
+import pytest
+
+from lfm2engine.config import LFM2Config
+from lfm2engine.errors import ConfigError
+from lfm2engine.synthetic import LFM2_8B_A1B, preset_config
+
+
+def write(tmp_path, d):
+    (tmp_path / "config.json").write_text(json.dumps(d))
+    return tmp_path
+
+
+def test_real_lfm2_8b_a1b_config():
+    c = LFM2Config.from_dict(LFM2_8B_A1B)
+    assert c.is_moe and c.head_dim == 64 and c.kv_dim == 512
+    assert c.attention_layers == [2, 6, 10, 14, 18, 21]
+    assert len(c.conv_layers) == 18
+    assert [c.is_moe_layer(i) for i in range(4)] == [False, False, True, True]
+    assert c.rope_theta == 1_000_000.0 and c.eos_ids == (7,)
+
+
+def test_hf_written_config_roundtrip(hf_ckpt):
+    c = LFM2Config.from_hf(hf_ckpt("moe_a"))
+    assert c.num_experts == 6 and c.num_experts_per_tok == 3 and c.num_dense_layers == 1
+    assert c.rope_theta == 10000.0
+    d = LFM2Config.from_dict(c.to_hf_dict())
+    assert d == c and d.fingerprint() == c.fingerprint()
+
+
+def test_dense_ffn_auto_adjust_matches_hf():
+    base = dict(model_type="lfm2", vocab_size=10, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+                layer_types=["conv", "full_attention"])
+    # HF Lfm2MLP: int(2*12288/3)=8192 -> *1.0 -> round up to 256 -> 8192
+    assert LFM2Config.from_dict(dict(base, intermediate_size=12288)).ffn_dim == 8192
+    assert LFM2Config.from_dict(dict(base, intermediate_size=100, block_multiple_of=16)).ffn_dim == 80
+    assert LFM2Config.from_dict(dict(base, intermediate_size=100, block_auto_adjust_ff_dim=False)).ffn_dim == 100
+    # block_ff_dim (legacy) overrides intermediate_size
+    assert LFM2Config.from_dict(dict(base, intermediate_size=1, block_ff_dim=99,
+                                     block_auto_adjust_ff_dim=False)).ffn_dim == 99
+
+
+def test_aliases():
+    d = dict(LFM2_8B_A1B)
+    del d["rope_parameters"], d["tie_word_embeddings"], d["layer_types"]
+    d.update(rope_theta=5e5, tie_embedding=False, full_attn_idxs=[2, 6, 10, 14, 18, 21])
+    c = LFM2Config.from_dict(d)
+    assert c.rope_theta == 5e5 and c.tie_word_embeddings is False
+    assert c.attention_layers == [2, 6, 10, 14, 18, 21]
+
+
+@pytest.mark.parametrize("change, words", [
+    (dict(model_type="llama"), "unsupported model_type"),
+    (dict(hidden_size=2050), "not divisible"),
+    (dict(num_key_value_heads=5), "multiple"),
+    (dict(layer_types=["conv"] * 3), "layer_types must list 24"),
+    (dict(layer_types=["conv"] * 23 + ["mamba"]), "unknown layer type"),
+    (dict(num_experts_per_tok=33), "num_experts_per_tok"),
+    (dict(num_dense_layers=25), "num_dense_layers"),
+    (dict(vocab_size=0), "vocab_size"),
+    (dict(hidden_size="big"), "integer"),
+    (dict(conv_bias=True), "conv_bias"),
+    (dict(rope_parameters={"rope_type": "yarn", "factor": 4.0}), "rope_type"),
+    (dict(eos_token_id=70000), "eos_token_id"),
+])
+def test_bad_configs(change, words):
+    with pytest.raises(ConfigError, match=words):
+        LFM2Config.from_dict(dict(LFM2_8B_A1B, **change))
+
+
+def test_missing_key_and_bad_files(tmp_path):
+    d = dict(LFM2_8B_A1B)
+    del d["num_experts"]
+    with pytest.raises(ConfigError, match="num_experts"):
+        LFM2Config.from_hf(write(tmp_path, d))
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        LFM2Config.from_hf(tmp_path)
+    with pytest.raises(ConfigError, match="not found"):
+        LFM2Config.from_hf(tmp_path / "nowhere")
+    moe_without_types = dict(LFM2_8B_A1B)
+    del moe_without_types["layer_types"]
+    with pytest.raises(ConfigError, match="layer_types"):
+        LFM2Config.from_dict(moe_without_types)
+
+
+def test_presets():
+    d = preset_config("default")
+    f = preset_config("full")
+    assert d.layer_types == f.layer_types and d.num_experts == f.num_experts == 32
+    with pytest.raises(ConfigError, match="unknown synthetic preset"):
+        preset_config("huge")
