@@ -107,6 +107,26 @@ class Engine:
         self._core = _core_cpu()
         self.ops = self._core.cpu
         self.moe_impl = self.local_moe  # replaced by parallel executors
+        self.skip_layers: frozenset[int] = frozenset()
+
+    def derive(self, top_k: int | None = None, skip_layers=()) -> "Engine":
+        """A cheaper view sharing this engine's weights, for self-speculative drafts: fewer active
+        experts per token (top_k) and/or whole layers skipped (residual passes through)."""
+        import copy
+        import dataclasses
+
+        e = copy.copy(self)
+        if top_k is not None:
+            if not self.config.is_moe or not 1 <= top_k <= self.config.num_experts:
+                raise InputError(f"derive: top_k={top_k} needs an MoE model with >= {top_k} experts")
+            e.config = dataclasses.replace(self.config, num_experts_per_tok=int(top_k))
+        bad = [i for i in skip_layers if not 0 <= int(i) < self.config.num_hidden_layers]
+        if bad:
+            raise InputError(f"derive: skip_layers {bad} are not layer indices of a "
+                             f"{self.config.num_hidden_layers}-layer model")
+        e.skip_layers = frozenset(int(i) for i in skip_layers)
+        e.moe_impl = e.local_moe
+        return e
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -228,7 +248,9 @@ class Engine:
         ops.gemm(y, a, lw.w2)
         return y
 
-    def attention_block(self, i: int, h: np.ndarray, st: "Session", seq, pos, mask=None) -> np.ndarray:
+    def attention_block(self, i: int, h: np.ndarray, st: "Session", seq, pos, mask=None,
+                        rope_pos=None) -> np.ndarray:
+        """pos: cache slot of each token; rope_pos: its RoPE position (differs only inside a tree)."""
         cfg, lw, ops = self.config, self.w.layers[i], self.ops
         t_, nh, nkv, dh = h.shape[0], cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         qkv = np.empty((t_, (nh + 2 * nkv) * dh), np.float32)
@@ -238,8 +260,9 @@ class Engine:
         v = np.ascontiguousarray(qkv[:, (nh + nkv) * dh :]).reshape(t_, nkv, dh)
         ops.rmsnorm(q.reshape(t_ * nh, dh), q.reshape(t_ * nh, dh), lw.q_norm, cfg.norm_eps)
         ops.rmsnorm(k.reshape(t_ * nkv, dh), k.reshape(t_ * nkv, dh), lw.k_norm, cfg.norm_eps)
-        ops.rope(q, pos, cfg.rope_theta)
-        ops.rope(k, pos, cfg.rope_theta)
+        rp = pos if rope_pos is None else rope_pos
+        ops.rope(q, rp, cfg.rope_theta)
+        ops.rope(k, rp, cfg.rope_theta)
         ops.kv_write(st.k[i], st.v[i], k, v, seq, pos)
         o = np.empty_like(q)
         ops.attention(o, q, st.k[i], st.v[i], seq, pos, mask)
@@ -247,33 +270,39 @@ class Engine:
         ops.gemm(y, o.reshape(t_, nh * dh), lw.wo)
         return y
 
-    def shortconv_block(self, i: int, h: np.ndarray, st: "Session", seq, u_out=None) -> np.ndarray:
+    def shortconv_block(self, i: int, h: np.ndarray, st: "Session", seq, u_out=None, parents=None) -> np.ndarray:
         cfg, lw, ops = self.config, self.w.layers[i], self.ops
         t_, d = h.shape
         bcx = np.empty((t_, 3 * d), np.float32)
         ops.gemm(bcx, h, lw.in_proj)
-        z = np.empty_like(h)
-        ops.shortconv(z, bcx, lw.conv_w, st.conv[i], seq, u_out)
+        if parents is None:
+            z = np.empty_like(h)
+            ops.shortconv(z, bcx, lw.conv_w, st.conv[i], seq, u_out)
+        else:
+            z = tree_shortconv(bcx, lw.conv_w, st.conv[i][int(seq[0])], parents, u_out)
         y = np.empty_like(h)
         ops.gemm(y, z, lw.out_proj)
         return y
 
     def forward_tokens(self, st: "Session", ids: np.ndarray, seq: np.ndarray, pos: np.ndarray,
-                       out_rows: np.ndarray, mask=None, u_hist=None) -> np.ndarray:
+                       out_rows: np.ndarray, mask=None, u_hist=None, rope_pos=None, parents=None) -> np.ndarray:
         """The layer loop over a flattened ragged batch. ids, seq, pos [T] int32 -> logits of the
-        rows `out_rows` [R, V]."""
+        rows `out_rows` [R, V]. Tree mode (one sequence): `parents` [T], `rope_pos` [T] and `mask`
+        [T, capacity] describe a token tree whose nodes occupy cache slots `pos`."""
         cfg, w, ops = self.config, self.w, self.ops
         t_, d = len(ids), cfg.hidden_size
         x = np.empty((t_, d), np.float32)
         ops.embedding(x, w.embed, ids)
         h = np.empty_like(x)
         for i, lw in enumerate(w.layers):
+            if i in self.skip_layers:
+                continue
             ops.rmsnorm(h, x, lw.op_norm, cfg.norm_eps)
             if cfg.is_attention_layer(i):
-                x += self.attention_block(i, h, st, seq, pos, mask)
+                x += self.attention_block(i, h, st, seq, pos, mask, rope_pos)
             else:
                 u = u_hist[i] if u_hist is not None else None
-                x += self.shortconv_block(i, h, st, seq, u)
+                x += self.shortconv_block(i, h, st, seq, u, parents)
             ops.rmsnorm(h, x, lw.ffn_norm, cfg.norm_eps)
             x += self.moe_impl(i, h) if cfg.is_moe_layer(i) else self.dense_ffn(i, h)
         xl = np.ascontiguousarray(x[out_rows])
@@ -281,6 +310,47 @@ class Engine:
         logits = np.empty((len(out_rows), cfg.vocab_size), np.float32)
         ops.gemm(logits, xl, w.head)
         return logits
+
+
+def tree_shortconv(bcx: np.ndarray, conv_w: np.ndarray, state: np.ndarray, parents: np.ndarray,
+                   u_out=None) -> np.ndarray:
+    """Gated short conv over a token tree: node t's causal window is its ancestor chain (then the
+    sequence's conv state [L-1, D]), not the rows before it. bcx [T, 3D] -> C ⊙ z [T, D].
+    Trees are small (speculative drafts), so this runs in NumPy; the state is not changed."""
+    t_, d = bcx.shape[0], bcx.shape[1] // 3
+    b, c, xs = bcx[:, :d], bcx[:, d : 2 * d], bcx[:, 2 * d :]  # [T, 3D] -> 3 × [T, D]
+    u = b * xs
+    lm1 = conv_w.shape[1] - 1
+    z = np.empty_like(u)
+    for t in range(t_):
+        prev, node = [], int(parents[t])  # the lm1 values before node t, most recent first
+        while len(prev) < lm1 and node >= 0:
+            prev.append(u[node])
+            node = int(parents[node])
+        k = lm1 - 1
+        while len(prev) < lm1:  # past the root: the sequence's conv state, newest row last
+            prev.append(state[k])
+            k -= 1
+        z[t] = conv_w[:, lm1] * u[t]
+        for back in range(1, lm1 + 1):
+            z[t] += conv_w[:, lm1 - back] * prev[back - 1]
+    if u_out is not None:
+        u_out[:] = u
+    return c * z
+
+
+def tree_layout(parents) -> tuple[np.ndarray, list[list[int]]]:
+    """Validate a parent array (parents[t] < t, -1 for roots) -> (depth [T], ancestors-or-self per node)."""
+    parents = np.asarray(parents, dtype=np.int64)
+    depth = np.zeros(len(parents), np.int64)
+    anc: list[list[int]] = []
+    for t, p in enumerate(parents):
+        if not -1 <= p < t:
+            raise InputError(f"tree: node {t} has parent {int(p)}; parents must come before their children "
+                             "(-1 for a root)")
+        depth[t] = 0 if p < 0 else depth[p] + 1
+        anc.append(([] if p < 0 else anc[p]) + [t])
+    return depth, anc
 
 
 class Session:
@@ -366,6 +436,64 @@ class Session:
             self.lengths[s] += len(toks)
             self.uvalid[s] = min(self.window, self.uvalid[s] + len(toks))
         return logits
+
+    def forward_tree(self, seq: int, tokens, parents) -> np.ndarray:
+        """Verify a token tree for sequence `seq` in one pass: node t (token tokens[t], parent
+        parents[t], -1 = child of the cached prefix) sees the prefix and its own ancestors only;
+        its RoPE position is prefix length + depth. Returns logits [T, V] for every node. The
+        cache is not advanced: call commit_tree(path) with the accepted root-to-node path."""
+        cfg = self.cfg
+        toks = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        t_ = toks.size
+        depth, anc = tree_layout(parents)
+        if len(depth) != t_:
+            raise InputError(f"tree: {t_} tokens but {len(depth)} parents")
+        n0 = int(self.lengths[seq])
+        if n0 + t_ > self.capacity:
+            raise InputError(f"tree: {n0} cached + {t_} nodes exceed the session capacity {self.capacity}")
+        bad = np.nonzero((toks < 0) | (toks >= cfg.vocab_size))[0]
+        if bad.size:
+            raise InputError(f"tree: token id {int(toks[bad[0]])} is outside the vocabulary [0, {cfg.vocab_size})")
+        mask = np.zeros((t_, self.capacity), np.uint8)
+        mask[:, :n0] = 1
+        for t in range(t_):
+            mask[t, [n0 + a for a in anc[t]]] = 1
+        u_hist = {i: np.empty((t_, cfg.hidden_size), np.float32) for i in cfg.conv_layers}
+        logits = self.engine.forward_tokens(
+            self, toks.astype(np.int32), np.full(t_, seq, np.int32), (n0 + np.arange(t_)).astype(np.int32),
+            np.arange(t_), mask, u_hist, rope_pos=(n0 + depth).astype(np.int32),
+            parents=np.asarray(parents, np.int64))
+        self._tree = (seq, n0, np.asarray(parents, np.int64), u_hist)
+        return logits
+
+    def commit_tree(self, path) -> None:
+        """Keep the tree nodes `path` (a root-to-node chain, in order) as the sequence's next tokens."""
+        if getattr(self, "_tree", None) is None:
+            raise InputError("commit_tree: no pending tree (call forward_tree first)")
+        seq, n0, parents, u_hist = self._tree
+        path = [int(p) for p in path]
+        for j, node in enumerate(path):
+            want = -1 if j == 0 else path[j - 1]
+            if not 0 <= node < len(parents) or parents[node] != want:
+                raise InputError(f"commit_tree: {path} is not a root-to-node path of the tree")
+        for i in self.cfg.attention_layers:  # compact accepted nodes to consecutive slots (path[j] >= j)
+            for j, node in enumerate(path):
+                if node != j:
+                    self.k[i][seq, :, n0 + j] = self.k[i][seq, :, n0 + node]
+                    self.v[i][seq, :, n0 + j] = self.v[i][seq, :, n0 + node]
+        lm1 = self.cfg.conv_L_cache - 1
+        for i in self.cfg.conv_layers:
+            u = u_hist[i][path]  # [m, D]
+            both = np.concatenate([self.conv[i][seq], u])
+            self.conv[i][seq] = both[both.shape[0] - lm1 :]
+            if self.uwin is not None:
+                w = np.concatenate([self.uwin[i][seq], u])
+                self.uwin[i][seq] = w[w.shape[0] - self.window :]
+        m = len(path)
+        self.lengths[seq] = n0 + m
+        if self.uwin is not None:
+            self.uvalid[seq] = min(self.window, self.uvalid[seq] + m)
+        self._tree = None
 
     def prefill(self, prompts) -> np.ndarray:
         """Reset and run every prompt (sequence b = prompts[b]); last-position logits [B, V]."""
