@@ -1,0 +1,109 @@
+"""Benchmark helpers: timing (warm-up, median/min/max), machine roofs measured in the same run, table + JSON.
+
+Roofs: memory bandwidth from a NumPy triad-like copy (a = b + s*c on arrays far larger than the
+caches) and FLOP/s from NumPy's BLAS sgemm. Never used by tests (STYLE.md §16).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+
+
+def timeit(fn, repeat: int = 7, warmup: int = 2, min_time: float = 0.0) -> dict:
+    """Run fn() warmup times, then `repeat` timed runs (each repeated until min_time). Seconds per call."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        n, t0 = 0, time.perf_counter()
+        while True:
+            fn()
+            n += 1
+            el = time.perf_counter() - t0
+            if el >= min_time:
+                break
+        times.append(el / n)
+    return {"median": statistics.median(times), "min": min(times), "max": max(times), "runs": repeat}
+
+
+def bandwidth_roof(mb: int = 512, repeat: int = 5) -> float:
+    """Sustained read+write bandwidth in GB/s: triad a = b + s*c (3 arrays streamed)."""
+    n = mb * 2**20 // 4
+    b = np.ones(n, np.float32)
+    c = np.ones(n, np.float32)
+    a = np.empty_like(b)
+
+    def triad():
+        np.multiply(c, np.float32(1.5), out=a)
+        np.add(a, b, out=a)
+
+    t = timeit(triad, repeat=repeat, warmup=1)["min"]
+    # multiply: read c, write a; add: read a, b, write a -> 5 array passes
+    return 5 * n * 4 / t / 1e9
+
+
+def flops_roof(n: int = 2048, repeat: int = 5) -> float:
+    """fp32 GFLOP/s of NumPy's BLAS sgemm (OpenBLAS) at n×n×n."""
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    b = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)
+    t = timeit(lambda: a @ b, repeat=repeat, warmup=1)["min"]
+    return 2 * n**3 / t / 1e9
+
+
+def machine_info() -> dict:
+    info = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
+            "numpy": np.__version__}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        from lfm2engine import _core
+
+        info["simd"] = _core.simd_level()
+        info["threads"] = _core.get_num_threads()
+    except Exception as e:  # noqa: BLE001 - informational only
+        info["simd"] = f"unavailable ({e})"
+    try:
+        from threadpoolctl import threadpool_info
+
+        info["blas"] = [{k: d.get(k) for k in ("internal_api", "version", "num_threads", "architecture")}
+                        for d in threadpool_info()]
+    except ImportError:
+        pass
+    return info
+
+
+def print_table(rows: list[dict], cols: list[str]) -> None:
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+        return str(v)
+
+    cells = [[fmt(r.get(c, "")) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(cols)]
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    for x in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(x, widths)))
+
+
+def write_json(path: str, payload: dict) -> None:
+    from lfm2engine.checkpoint import atomic_writer
+
+    payload = dict(payload, machine=machine_info(), time=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    with atomic_writer(path, "w") as f:
+        json.dump(payload, f, indent=1)
+    print(f"wrote {path}", file=sys.stderr)

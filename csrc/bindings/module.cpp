@@ -1,0 +1,68 @@
+// PYBIND11_MODULE(_core): the private extension under lfm2engine. Top level: version, build and
+// CPU facts, thread count and SIMD-path controls; submodules `cpu` (register_cpu.cpp) and `cuda`
+// (register_cuda.cpp). lfm2::dtype_error becomes TypeError; std::invalid_argument ValueError and
+// std::out_of_range IndexError (pybind11 defaults).
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "core/check.h"
+#include "core/threading.h"
+#include "cpu/dispatch.h"
+
+#ifndef LFM2_VERSION
+#define LFM2_VERSION "0.0.0"
+#endif
+
+namespace py = pybind11;
+
+namespace lfm2::bindings {
+void register_cpu(py::module_& m);
+void register_cuda(py::module_& m);
+}  // namespace lfm2::bindings
+
+PYBIND11_MODULE(_core, m) {
+    using namespace lfm2;
+    m.doc() = "lfm2engine._core: the C++ op library (submodules cpu, cuda).";
+    m.attr("__version__") = LFM2_VERSION;
+
+    py::register_local_exception_translator([](std::exception_ptr p) {
+        try {
+            if (p) std::rethrow_exception(p);
+        } catch (const dtype_error& e) {
+            PyErr_SetString(PyExc_TypeError, e.what());
+        }
+    });
+
+    m.def(
+        "has_cuda",
+        []() {
+#ifdef LFM2_WITH_CUDA
+            return true;
+#else
+            return false;
+#endif
+        },
+        "True if this build compiled the CUDA backend (a GPU may still be absent: see "
+        "cuda.device_count()).");
+    m.def("cpu_features", &cpu::cpu_features,
+          "SIMD/matrix features this CPU and OS support, e.g. ['avx2', 'avx512f', 'amx-bf16'].");
+    m.def(
+        "simd_level", []() { return std::string(cpu::isa_name(cpu::active_isa())); },
+        "The SIMD path ops use now: 'avx512', 'avx2' or 'scalar'.");
+    m.def(
+        "detected_simd_level", []() { return std::string(cpu::isa_name(cpu::detected_isa())); },
+        "The best SIMD path this CPU supports.");
+    m.def(
+        "set_simd_level", [](const std::string& level) { cpu::set_isa_cap(cpu::parse_isa(level)); }, py::arg("level"),
+        "Caps the SIMD path at 'scalar', 'avx2' or 'avx512' (never above detected_simd_level()).");
+    m.def("set_force_scalar", &cpu::set_force_scalar, py::arg("on"),
+          "True: run the scalar path (as LFM2_FORCE_SCALAR=1 does); False: the best available.");
+    m.def("set_num_threads", &set_num_threads, py::arg("n"),
+          "Threads for the CPU ops; n <= 0 restores the default (OMP_NUM_THREADS or all cores).");
+    m.def("get_num_threads", &num_threads, "Threads the CPU ops use.");
+
+    auto cpu_m = m.def_submodule("cpu", "CPU ops");
+    bindings::register_cpu(cpu_m);
+    auto cuda_m = m.def_submodule("cuda", "CUDA backend: device queries (ops come with the CUDA issue)");
+    bindings::register_cuda(cuda_m);
+}

@@ -1,0 +1,60 @@
+// Runtime choice of the SIMD code path. dispatch.cpp detects the CPU once (cpuid + xgetbv);
+// the active path is min(detected, cap), where the cap comes from LFM2_FORCE_SCALAR=1 /
+// LFM2_SIMD=scalar|avx2|avx512 at load time and set_force_scalar / set_simd_level at run time.
+// run_kernel<K>(isa, args...) runs K<simd::X>::run(args...) compiled for that ISA.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "simd.h"
+
+namespace lfm2::cpu {
+
+enum class Isa : int { Scalar = 0, Avx2 = 1, Avx512 = 2 };
+
+const char* isa_name(Isa isa);
+Isa detected_isa();
+Isa active_isa();
+// Caps the active path at `cap` (never above what the CPU has).
+void set_isa_cap(Isa cap);
+// true: scalar path; false: the best the CPU has.
+void set_force_scalar(bool on);
+// Parses "scalar" | "avx2" | "avx512"; throws std::invalid_argument otherwise.
+Isa parse_isa(const std::string& s);
+// CPU features relevant to us that this CPU and OS support, e.g. "avx2", "avx512bf16", "amx-bf16".
+std::vector<std::string> cpu_features();
+
+namespace detail {
+template <template <class> class K, class... A>
+LFM2_TARGET_AVX512 __attribute__((flatten)) void run_avx512(A... a) {
+    K<simd::Avx512>::run(a...);
+}
+template <template <class> class K, class... A>
+LFM2_TARGET_AVX2 __attribute__((flatten)) void run_avx2(A... a) {
+    K<simd::Avx2>::run(a...);
+}
+template <template <class> class K, class... A>
+void run_scalar(A... a) {
+    K<simd::Scalar>::run(a...);
+}
+}  // namespace detail
+
+// K is a class template with `static LFM2_KERNEL void run(args...)`; read the Isa once per op
+// (active_isa()) and pass it to every call so one op never mixes paths.
+template <template <class> class K, class... A>
+void run_kernel(Isa isa, A... a) {
+    switch (isa) {
+        case Isa::Avx512:
+            detail::run_avx512<K>(a...);
+            break;
+        case Isa::Avx2:
+            detail::run_avx2<K>(a...);
+            break;
+        default:
+            detail::run_scalar<K>(a...);
+            break;
+    }
+}
+
+}  // namespace lfm2::cpu

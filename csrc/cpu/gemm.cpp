@@ -1,0 +1,163 @@
+// gemm: out[T, N] = x[T, K] · w[N, K]ᵀ with f32 activations and f32 | bf16 | f16 weights,
+// fp32 accumulation. Must match reference.gemm. No BLAS.
+// Structure (meant to grow): a register-tile "dot" micro-kernel (MR rows × NR weight rows, one
+// SIMD accumulator per output element, full K), a cache-blocked driver (an L2-sized block of
+// weight rows is swept by every MR-row tile of x) and a parallel loop over (row chunk, weight
+// block) items. For T = 1 it is a GEMV streaming w once at memory bandwidth.
+//
+// Row-batch invariance, the contract the distributed plans rely on: output element (m, n) is
+// always computed the same way, whatever M, the tile it lands in, or the thread: lane l of its
+// accumulator sums x[m, k]·w[n, k] for k ≡ l (mod W) in increasing k (the K tail zero-padded),
+// then S::hsum's fixed tree reduces the lanes. A faster kernel (packing, K blocking that spills
+// the lane accumulators between K blocks, wider tiles) must keep exactly this order.
+#include <algorithm>
+
+#include "core/threading.h"
+#include "kernels.h"
+#include "ops.h"
+
+namespace lfm2::cpu {
+namespace {
+
+// Register tile per ISA: MR x-rows × NR w-rows of accumulators (+ MR x vectors + 1 w vector
+// must fit the register file: 32 zmm, 16 ymm).
+template <class S>
+struct Tile {
+    static constexpr int MR = 4, NR = 4;
+};
+template <>
+struct Tile<simd::Avx512> {
+    static constexpr int MR = 6, NR = 4;
+};
+template <>
+struct Tile<simd::Avx2> {
+    static constexpr int MR = 2, NR = 4;
+};
+
+// out[i, j] (i < MR, j < NR) = dot(x row i, w row j) over the full K.
+template <class S, class WT, int MR, int NR>
+LFM2_KERNEL void dot_tile(const float* x, int64_t ldx, const WT* w, int64_t ldw, float* out, int64_t ldo, int64_t K) {
+    using F = typename S::F;
+    F acc[MR][NR];
+    for (int i = 0; i < MR; ++i)
+        for (int j = 0; j < NR; ++j) acc[i][j] = S::zero();
+    int64_t k = 0;
+    for (; k + S::W <= K; k += S::W) {
+        F xv[MR];
+        for (int i = 0; i < MR; ++i) xv[i] = S::load(x + i * ldx + k);
+        for (int j = 0; j < NR; ++j) {
+            F wv = S::load_w(w + j * ldw + k);
+            for (int i = 0; i < MR; ++i) acc[i][j] = S::fmadd(xv[i], wv, acc[i][j]);
+        }
+    }
+    if (k < K) {  // zero-padded tail: lanes past K add 0·0
+        int r = int(K - k);
+        F xv[MR];
+        for (int i = 0; i < MR; ++i) xv[i] = S::load_partial(x + i * ldx + k, r);
+        for (int j = 0; j < NR; ++j) {
+            F wv = S::load_w_partial(w + j * ldw + k, r);
+            for (int i = 0; i < MR; ++i) acc[i][j] = S::fmadd(xv[i], wv, acc[i][j]);
+        }
+    }
+    for (int i = 0; i < MR; ++i)
+        for (int j = 0; j < NR; ++j) out[i * ldo + j] = S::hsum(acc[i][j]);
+}
+
+// Rows [m, m + MR) against weight rows [n0, n1).
+template <class S, class WT, int MR>
+LFM2_KERNEL void row_panel(const float* x, int64_t ldx, const WT* w, int64_t ldw, float* out, int64_t ldo, int64_t n0,
+                           int64_t n1, int64_t K) {
+    constexpr int NR = Tile<S>::NR;
+    int64_t n = n0;
+    for (; n + NR <= n1; n += NR) dot_tile<S, WT, MR, NR>(x, ldx, w + n * ldw, ldw, out + n, ldo, K);
+    for (; n < n1; ++n) dot_tile<S, WT, MR, 1>(x, ldx, w + n * ldw, ldw, out + n, ldo, K);
+}
+
+// The last `rows` (< MR) rows: a narrower tile with the same per-element arithmetic.
+template <class S, class WT, int R>
+LFM2_KERNEL void row_tail(int64_t rows, const float* x, int64_t ldx, const WT* w, int64_t ldw, float* out, int64_t ldo,
+                          int64_t n0, int64_t n1, int64_t K) {
+    if constexpr (R >= 1) {
+        if (rows == R)
+            row_panel<S, WT, R>(x, ldx, w, ldw, out, ldo, n0, n1, K);
+        else
+            row_tail<S, WT, R - 1>(rows, x, ldx, w, ldw, out, ldo, n0, n1, K);
+    }
+}
+
+// One work item: rows [m0, m1) × weight rows [n0, n1). Each MR-row tile of x sweeps the whole
+// weight block, which stays cache-resident across the tiles.
+template <class S>
+struct GemmBlock {
+    template <class WT>
+    static LFM2_KERNEL void run(const float* x, int64_t ldx, const WT* w, int64_t ldw, float* out, int64_t ldo,
+                                int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t K) {
+        constexpr int MR = Tile<S>::MR;
+        int64_t m = m0;
+        for (; m + MR <= m1; m += MR) row_panel<S, WT, MR>(x + m * ldx, ldx, w, ldw, out + m * ldo, ldo, n0, n1, K);
+        row_tail<S, WT, MR - 1>(m1 - m, x + m * ldx, ldx, w, ldw, out + m * ldo, ldo, n0, n1, K);
+    }
+};
+
+constexpr int64_t kWeightBlockBytes = 512 * 1024;  // half of a 1-2 MiB L2
+constexpr int64_t kRowChunk = 48;                  // x rows per work item (a multiple of every MR)
+
+template <class WT>
+void gemm_typed(Isa isa, const float* x, int64_t ldx, const WT* w, int64_t ldw, float* out, int64_t ldo, int64_t M,
+                int64_t N, int64_t K) {
+    if (M <= 0 || N <= 0) return;
+    // Weight block: as many rows as fit kWeightBlockBytes, a multiple of 16 (every NR divides it),
+    // shrunk when there would be too few items to keep the threads busy.
+    int64_t row_bytes = std::max<int64_t>(K, 1) * int64_t(sizeof(WT));
+    int64_t nb = std::max<int64_t>(16, kWeightBlockBytes / row_bytes / 16 * 16);
+    int64_t m_chunks = (M + kRowChunk - 1) / kRowChunk;
+    int64_t min_items = 4 * int64_t(num_threads());
+    if (m_chunks * ((N + nb - 1) / nb) < min_items) {
+        int64_t want_blocks = (min_items + m_chunks - 1) / m_chunks;
+        nb = std::max<int64_t>(16, ((N + want_blocks - 1) / want_blocks + 15) / 16 * 16);
+    }
+    int64_t n_blocks = (N + nb - 1) / nb;
+    parallel_for(m_chunks * n_blocks, [&](int64_t item) {
+        int64_t mc = item / n_blocks, b = item % n_blocks;
+        int64_t m0 = mc * kRowChunk, m1 = std::min(M, m0 + kRowChunk);
+        int64_t n0 = b * nb, n1 = std::min(N, n0 + nb);
+        run_kernel<GemmBlock>(isa, x, ldx, w, ldw, out, ldo, m0, m1, n0, n1, K);
+    });
+}
+
+}  // namespace
+
+void gemm_raw(Isa isa, const float* x, int64_t ldx, const void* w, DType wdt, int64_t ldw, float* out, int64_t ldo,
+              int64_t M, int64_t N, int64_t K) {
+    switch (wdt) {
+        case DType::BF16:
+            gemm_typed(isa, x, ldx, static_cast<const bf16_t*>(w), ldw, out, ldo, M, N, K);
+            break;
+        case DType::F16:
+            gemm_typed(isa, x, ldx, static_cast<const f16_t*>(w), ldw, out, ldo, M, N, K);
+            break;
+        default:
+            gemm_typed(isa, x, ldx, static_cast<const float*>(w), ldw, out, ldo, M, N, K);
+            break;
+    }
+}
+
+void gemm(TensorView out, ConstTensorView x, ConstTensorView w) {
+    const char* op = "gemm";
+    expect_dtype(op, "out", out, {DType::F32});
+    expect_dtype(op, "x", x, {DType::F32});
+    expect_dtype(op, "w", w, {DType::F32, DType::BF16, DType::F16});
+    expect_shape(op, "x", x, {-1, -1}, "[T, K]");
+    const int64_t T = x.size(0), K = x.size(1);
+    expect_shape(op, "w", w, {-1, K}, "[N, K]");
+    const int64_t N = w.size(0);
+    expect_shape(op, "out", out, {T, N}, "[T, N]");
+    expect_contiguous(op, "out", out);
+    expect_contiguous(op, "x", x);
+    expect_contiguous(op, "w", w);
+    expect_disjoint(op, "out", out, "x", x);
+    expect_disjoint(op, "out", out, "w", w);
+    gemm_raw(active_isa(), x.ptr<float>(), K, w.data, w.dtype, K, out.ptr<float>(), N, T, N, K);
+}
+
+}  // namespace lfm2::cpu

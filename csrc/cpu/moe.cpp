@@ -1,0 +1,211 @@
+// MoE: moe_route (sigmoid top-K router), moe_expert_rows (grouped expert FFN on (row, expert)
+// pairs: the building block of EP/TP execution) and moe_experts (route-weighted combine in slot
+// order). Must match reference.moe_route / reference.moe_experts (and tests/numpy_ops).
+// Expert rows are grouped by expert with a stable counting sort; each expert's rows are gathered
+// and run as one GEMM (w13) -> swiglu -> one GEMM (w2), so each expert's weights are streamed
+// once per call. Every row's value is independent of which other rows share its expert (gemm is
+// row-invariant, swiglu elementwise), so results do not depend on the batch or the split.
+// Not here: communication (parallel/ dispatch & combine), shared experts (LFM2 has none).
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "core/threading.h"
+#include "kernels.h"
+#include "ops.h"
+
+namespace lfm2::cpu {
+namespace {
+
+struct ExpertWeights {
+    const char* w13;  // [E, 2Fe, D]
+    const char* w2;   // [E, D, Fe]
+    DType dt13, dt2;
+    int64_t E, D, Fe;
+    int64_t bytes13, bytes2;  // per expert
+};
+
+ExpertWeights check_experts(const char* op, ConstTensorView w13, ConstTensorView w2, int64_t D) {
+    expect_dtype(op, "w13", w13, {DType::F32, DType::BF16, DType::F16});
+    expect_dtype(op, "w2", w2, {DType::F32, DType::BF16, DType::F16});
+    expect_shape(op, "w2", w2, {-1, D, -1}, "[E, D, Fe]");
+    const int64_t E = w2.size(0), Fe = w2.size(2);
+    expect_shape(op, "w13", w13, {E, 2 * Fe, D}, "[E, 2Fe, D] (gate | up; E, Fe from w2)");
+    expect_contiguous(op, "w13", w13);
+    expect_contiguous(op, "w2", w2);
+    ExpertWeights ew;
+    ew.w13 = static_cast<const char*>(w13.data);
+    ew.w2 = static_cast<const char*>(w2.data);
+    ew.dt13 = w13.dtype;
+    ew.dt2 = w2.dtype;
+    ew.E = E;
+    ew.D = D;
+    ew.Fe = Fe;
+    ew.bytes13 = 2 * Fe * D * dtype_size(w13.dtype);
+    ew.bytes2 = D * Fe * dtype_size(w2.dtype);
+    return ew;
+}
+
+// out[n] = expert_{eid[n]}(x[src[n]]) for n < N (0 where eid[n] < 0); out rows [N, D].
+void expert_rows(Isa isa, const float* x, const int64_t* src, const int32_t* eid, int64_t N, float* out,
+                 const ExpertWeights& ew) {
+    const int64_t E = ew.E, D = ew.D, Fe = ew.Fe;
+    std::vector<int64_t> start(static_cast<size_t>(E + 1), 0);
+    for (int64_t n = 0; n < N; ++n)
+        if (eid[n] >= 0) ++start[size_t(eid[n]) + 1];
+    for (int64_t e = 0; e < E; ++e) start[size_t(e + 1)] += start[size_t(e)];
+    std::vector<int64_t> order(static_cast<size_t>(start[size_t(E)]));
+    std::vector<int64_t> fill(start.begin(), start.end() - 1);
+    int64_t max_rows = 0;
+    for (int64_t e = 0; e < E; ++e) max_rows = std::max(max_rows, start[size_t(e + 1)] - start[size_t(e)]);
+    for (int64_t n = 0; n < N; ++n) {
+        if (eid[n] >= 0)
+            order[size_t(fill[size_t(eid[n])]++)] = n;
+        else
+            std::memset(out + n * D, 0, sizeof(float) * size_t(D));
+    }
+    // After this: order[start[e] .. start[e+1]) = rows of expert e, ascending.
+    std::vector<float> xg(static_cast<size_t>(max_rows * D)), h(static_cast<size_t>(max_rows * 2 * Fe)),
+        a(static_cast<size_t>(max_rows * Fe)), y(size_t(max_rows * D));
+    const size_t row_bytes = sizeof(float) * size_t(D);
+    for (int64_t e = 0; e < E; ++e) {
+        const int64_t r0 = start[size_t(e)], ne = start[size_t(e + 1)] - r0;
+        if (ne == 0) continue;
+        for (int64_t i = 0; i < ne; ++i) std::memcpy(xg.data() + i * D, x + src[order[size_t(r0 + i)]] * D, row_bytes);
+        gemm_raw(isa, xg.data(), D, ew.w13 + e * ew.bytes13, ew.dt13, D, h.data(), 2 * Fe, ne, 2 * Fe, D);
+        swiglu_raw(isa, a.data(), Fe, h.data(), 2 * Fe, ne, Fe);
+        gemm_raw(isa, a.data(), Fe, ew.w2 + e * ew.bytes2, ew.dt2, Fe, y.data(), D, ne, D, Fe);
+        for (int64_t i = 0; i < ne; ++i) std::memcpy(out + order[size_t(r0 + i)] * D, y.data() + i * D, row_bytes);
+    }
+}
+
+}  // namespace
+
+void moe_route(TensorView ids_out, TensorView w_out, ConstTensorView logits, const ConstTensorView* bias,
+               bool norm_topk, double scale) {
+    const char* op = "moe_route";
+    expect_dtype(op, "ids_out", ids_out, {DType::I32});
+    expect_dtype(op, "w_out", w_out, {DType::F32});
+    expect_dtype(op, "logits", logits, {DType::F32});
+    expect_shape(op, "logits", logits, {-1, -1}, "[T, E]");
+    const int64_t T = logits.size(0), E = logits.size(1);
+    expect_shape(op, "ids_out", ids_out, {T, -1}, "[T, K]");
+    const int64_t K = ids_out.size(1);
+    LFM2_CHECK(K >= 1 && K <= E, op, "top-k K = ", K, " (ids_out.shape[1]) must be in [1, E = ", E, "]");
+    expect_shape(op, "w_out", w_out, {T, K}, "[T, K]");
+    expect_contiguous(op, "ids_out", ids_out);
+    expect_contiguous(op, "w_out", w_out);
+    expect_contiguous(op, "logits", logits);
+    const float* bp = nullptr;
+    if (bias) {
+        expect_dtype(op, "bias", *bias, {DType::F32});
+        expect_shape(op, "bias", *bias, {E}, "[E]");
+        expect_contiguous(op, "bias", *bias);
+        bp = bias->ptr<float>();
+    }
+    const float* lp = logits.ptr<float>();
+    int32_t* ip = ids_out.ptr<int32_t>();
+    float* wp = w_out.ptr<float>();
+    // Double precision, as the reference: selection compares sigmoid + bias in double.
+    parallel_ranges(T, 64, [&](int64_t t0, int64_t t1) {
+        std::vector<double> s(static_cast<size_t>(E)), sel(static_cast<size_t>(E)), w(static_cast<size_t>(K));
+        std::vector<char> taken(static_cast<size_t>(E));
+        for (int64_t t = t0; t < t1; ++t) {
+            for (int64_t e = 0; e < E; ++e) {
+                s[size_t(e)] = 1.0 / (1.0 + std::exp(-double(lp[t * E + e])));
+                sel[size_t(e)] = s[size_t(e)] + (bp ? double(bp[e]) : 0.0);
+                taken[size_t(e)] = 0;
+            }
+            // K rounds of "largest remaining, lowest id on ties" (= stable argsort of -sel; NaN last).
+            for (int64_t j = 0; j < K; ++j) {
+                int64_t best = -1;
+                for (int64_t e = 0; e < E; ++e) {
+                    if (taken[size_t(e)]) continue;
+                    if (best < 0 || sel[size_t(e)] > sel[size_t(best)] ||
+                        (std::isnan(sel[size_t(best)]) && !std::isnan(sel[size_t(e)])))
+                        best = e;
+                }
+                taken[size_t(best)] = 1;
+                ip[t * K + j] = int32_t(best);
+                w[size_t(j)] = s[size_t(best)];
+            }
+            double sum = 0.0;
+            for (int64_t j = 0; j < K; ++j) sum += w[size_t(j)];
+            for (int64_t j = 0; j < K; ++j) {
+                double v = norm_topk ? w[size_t(j)] / (sum + 1e-6) : w[size_t(j)];
+                wp[t * K + j] = float(v * scale);
+            }
+        }
+    });
+}
+
+void moe_expert_rows(TensorView out, ConstTensorView x, ConstTensorView eids, ConstTensorView w13, ConstTensorView w2) {
+    const char* op = "moe_expert_rows";
+    expect_dtype(op, "out", out, {DType::F32});
+    expect_dtype(op, "x", x, {DType::F32});
+    expect_dtype(op, "eids", eids, {DType::I32});
+    expect_shape(op, "x", x, {-1, -1}, "[N, D]");
+    const int64_t N = x.size(0), D = x.size(1);
+    expect_shape(op, "out", out, {N, D}, "[N, D]");
+    expect_shape(op, "eids", eids, {N}, "[N]");
+    expect_contiguous(op, "out", out);
+    expect_contiguous(op, "x", x);
+    expect_contiguous(op, "eids", eids);
+    expect_disjoint(op, "out", out, "x", x);
+    const ExpertWeights ew = check_experts(op, w13, w2, D);
+    const int32_t* ep = eids.ptr<int32_t>();
+    for (int64_t n = 0; n < N; ++n)
+        LFM2_CHECK_INDEX(ep[n] < ew.E, op, "eids[", n, "] = ", ep[n], " is not an expert (E = ", ew.E,
+                         "; negative ids mean 'no expert')");
+    std::vector<int64_t> src(static_cast<size_t>(N));
+    for (int64_t n = 0; n < N; ++n) src[size_t(n)] = n;
+    expert_rows(active_isa(), x.ptr<float>(), src.data(), ep, N, out.ptr<float>(), ew);
+}
+
+void moe_experts(TensorView out, ConstTensorView x, ConstTensorView ids, ConstTensorView w, ConstTensorView w13,
+                 ConstTensorView w2) {
+    const char* op = "moe_experts";
+    expect_dtype(op, "out", out, {DType::F32});
+    expect_dtype(op, "x", x, {DType::F32});
+    expect_dtype(op, "ids", ids, {DType::I32});
+    expect_dtype(op, "w", w, {DType::F32});
+    expect_shape(op, "x", x, {-1, -1}, "[T, D]");
+    const int64_t T = x.size(0), D = x.size(1);
+    expect_shape(op, "ids", ids, {T, -1}, "[T, K]");
+    const int64_t K = ids.size(1);
+    expect_shape(op, "w", w, {T, K}, "[T, K]");
+    expect_shape(op, "out", out, {T, D}, "[T, D]");
+    expect_contiguous(op, "out", out);
+    expect_contiguous(op, "x", x);
+    expect_contiguous(op, "ids", ids);
+    expect_contiguous(op, "w", w);
+    const ExpertWeights ew = check_experts(op, w13, w2, D);
+    const int32_t* ip = ids.ptr<int32_t>();
+    for (int64_t r = 0; r < T * K; ++r)
+        LFM2_CHECK_INDEX(ip[r] < ew.E, op, "ids[", r / K, ", ", r % K, "] = ", ip[r], " is not an expert (E = ", ew.E,
+                         "; negative ids mean 'skip')");
+    // Rows r = t·K + j of (token, slot) pairs; x row r / K. out may be x: x is fully consumed
+    // before the combine writes out.
+    std::vector<int64_t> src(static_cast<size_t>(T * K));
+    for (int64_t r = 0; r < T * K; ++r) src[size_t(r)] = r / std::max<int64_t>(K, 1);
+    std::vector<float> rows(static_cast<size_t>(T * K * D));
+    expert_rows(active_isa(), x.ptr<float>(), src.data(), ip, T * K, rows.data(), ew);
+    // Combine: acc = 0; acc += w[t, j] · rows[t, j] for j in slot order, skipping ids < 0.
+    const float* wp = w.ptr<float>();
+    float* o = out.ptr<float>();
+    parallel_ranges(T, std::max<int64_t>(1, 16384 / std::max<int64_t>(D, 1)), [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t) {
+            float* ot = o + t * D;
+            std::fill(ot, ot + D, 0.0f);
+            for (int64_t j = 0; j < K; ++j) {
+                if (ip[t * K + j] < 0) continue;
+                const float wj = wp[t * K + j];
+                const float* yr = rows.data() + (t * K + j) * D;
+                for (int64_t d = 0; d < D; ++d) ot[d] = ot[d] + wj * yr[d];
+            }
+        }
+    });
+}
+
+}  // namespace lfm2::cpu

@@ -1,0 +1,128 @@
+"""Type stub of lfm2engine._core, the C++ extension (csrc/bindings). Keep in sync with the
+bindings: tests/test_ops_cpu.py::test_stub_lists_every_binding compares the names.
+
+Ops write their outputs (first arguments) in place and return None. Float arrays are C-contiguous
+float32 unless noted; weights "w" may be float32, bfloat16 bits (uint16) or float16. Nothing is
+converted implicitly: a wrong dtype raises TypeError, a wrong shape / layout ValueError, an
+out-of-range index IndexError. Shape legend: csrc/core/shapes.h.
+"""
+
+from typing import Optional
+
+import numpy as np
+from numpy.typing import NDArray
+
+F32 = NDArray[np.float32]
+I32 = NDArray[np.int32]
+U8 = NDArray[np.uint8]
+Weight = NDArray[np.float32] | NDArray[np.uint16] | NDArray[np.float16]
+
+__version__: str
+
+def has_cuda() -> bool:
+    """True if the CUDA backend was compiled in (a GPU may still be absent)."""
+
+def cpu_features() -> list[str]:
+    """SIMD / matrix features this CPU and OS support, e.g. ['avx2', 'avx512f', 'amx-bf16']."""
+
+def simd_level() -> str:
+    """The SIMD path the CPU ops use now: 'avx512', 'avx2' or 'scalar'."""
+
+def detected_simd_level() -> str:
+    """The best SIMD path this CPU supports."""
+
+def set_simd_level(level: str) -> None:
+    """Caps the SIMD path at 'scalar', 'avx2' or 'avx512' (never above detected_simd_level())."""
+
+def set_force_scalar(on: bool) -> None:
+    """True: the scalar path (as LFM2_FORCE_SCALAR=1); False: the best available."""
+
+def set_num_threads(n: int) -> None:
+    """Threads for the CPU ops; n <= 0 restores the default (OMP_NUM_THREADS or all cores)."""
+
+def get_num_threads() -> int:
+    """Threads the CPU ops use."""
+
+class cpu:
+    """Submodule _core.cpu: the CPU ops (SIMD + OpenMP, row-batch invariant)."""
+
+    @staticmethod
+    def gemm(out: F32, x: F32, w: Weight) -> None:
+        """out[T, N] = x[T, K] @ w[N, K].T, fp32 accumulation."""
+
+    @staticmethod
+    def embedding(out: F32, table: Weight, ids: I32) -> None:
+        """out[T, D] = table[V, D][ids[T]]; IndexError if an id is outside [0, V)."""
+
+    @staticmethod
+    def rmsnorm(out: F32, x: F32, w: F32, eps: float) -> None:
+        """out[R, D] = w[D] * x / sqrt(mean(x^2) + eps); out may be x."""
+
+    @staticmethod
+    def rope(x: F32, positions: I32, theta: float) -> None:
+        """In place NeoX RoPE of x[T, H, Dh] at positions[T]."""
+
+    @staticmethod
+    def kv_write(k_cache: F32, v_cache: F32, k: F32, v: F32, seq: I32, pos: I32) -> None:
+        """cache[B, Hkv, Smax, Dh][seq[t], :, pos[t]] = k[T, Hkv, Dh][t] (and v)."""
+
+    @staticmethod
+    def attention(out: F32, q: F32, k_cache: F32, v_cache: F32, seq: I32, pos: I32,
+                  mask: Optional[U8] = None) -> None:
+        """out[T, H, Dh]: causal GQA attention over the cache rows 0..pos[t] of seq[t], or over
+        the rows s with mask[T, Smax][t, s] != 0."""
+
+    @staticmethod
+    def shortconv(out: F32, bcx: F32, conv_w: F32, state: F32, seq: I32,
+                  u_out: Optional[F32] = None) -> None:
+        """out[T, D] = C * conv_L(B * x) with bcx[T, 3D] = (B | C | x), conv_w[D, L],
+        state[B, L-1, D] updated in place; u_out[T, D] receives B * x."""
+
+    @staticmethod
+    def swiglu(out: F32, gu: F32) -> None:
+        """out[T, F] = silu(gu[T, 2F][:, :F]) * gu[:, F:]."""
+
+    @staticmethod
+    def moe_route(ids_out: I32, w_out: F32, logits: F32, bias: Optional[F32], norm_topk: bool,
+                  scale: float) -> None:
+        """Sigmoid top-K router: ids_out[T, K], w_out[T, K] from logits[T, E], bias[E]."""
+
+    @staticmethod
+    def moe_expert_rows(out: F32, x: F32, eids: I32, w13: Weight, w2: Weight) -> None:
+        """out[N, D] = expert_{eids[n]}(x[N, D][n]) unweighted (0 where eids < 0);
+        w13[E, 2Fe, D] (gate | up), w2[E, D, Fe]."""
+
+    @staticmethod
+    def moe_experts(out: F32, x: F32, ids: I32, w: F32, w13: Weight, w2: Weight) -> None:
+        """out[T, D] = sum_j w[T, K][t, j] * expert_{ids[t, j]}(x[t]) in slot order."""
+
+    @staticmethod
+    def argmax(out: I32, logits: F32) -> None:
+        """out[T] = first index of the maximum of logits[T, V][t] (NaN wins)."""
+
+    @staticmethod
+    def convert(out: Weight, x: Weight) -> None:
+        """Elementwise conversion between float32, bfloat16 bits (uint16) and float16."""
+
+class cuda:
+    """Submodule _core.cuda. Without CUDA compiled in, every function raises RuntimeError."""
+
+    @staticmethod
+    def device_count() -> int:
+        """Number of CUDA GPUs (0 without a GPU or driver)."""
+
+    @staticmethod
+    def device_info(device: int = 0) -> dict:
+        """name, compute_capability, multiprocessors, total_memory of one GPU."""
+
+    @staticmethod
+    def runtime_version() -> int:
+        """CUDA runtime version built against, e.g. 13000."""
+
+    @staticmethod
+    def driver_version() -> int:
+        """CUDA driver version, 0 without a driver."""
+
+    @staticmethod
+    def selftest(device: int = 0, n: int = 1048576) -> float:
+        """Runs an axpy kernel on the GPU; returns the max abs error vs the host (0.0)."""

@@ -1,0 +1,99 @@
+"""Shared test helpers: tolerances derived from precision (STYLE.md 6), never magic numbers.
+
+assert_close(actual, ref, dtype=..., k=...) accepts |actual - ref| <= tol * (|ref| + scale) with
+tol = factor * eps(dtype) * sqrt(k): eps is the unit roundoff of the computation's dtype, k the
+length of the longest reduction feeding one output (the random-walk growth of rounding error),
+and scale the RMS of ref (so outputs that cancel to ~0 are judged against the size of their
+terms, not against themselves). On failure it reports the max abs / rel error, the worst index
+and the first mismatching pairs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+# Unit roundoff (machine epsilon) per dtype name; bf16 keeps 8 significant bits.
+_EPS = {
+    "float64": float(np.finfo(np.float64).eps),
+    "float32": float(np.finfo(np.float32).eps),
+    "float16": float(np.finfo(np.float16).eps),
+    "bfloat16": 2.0**-7,
+}
+
+
+def eps(dtype) -> float:
+    name = dtype if isinstance(dtype, str) else np.dtype(dtype).name
+    return _EPS[name]
+
+
+def tolerance(dtype=np.float32, k: int = 1, factor: float = 4.0) -> float:
+    """Relative tolerance of a length-k fp reduction in `dtype`: factor * eps * sqrt(k)."""
+    return factor * eps(dtype) * math.sqrt(max(int(k), 1))
+
+
+def assert_close(actual, ref, *, dtype=np.float32, k: int = 1, factor: float = 4.0, scale=None,
+                 name: str = "") -> None:
+    actual = np.asarray(actual, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    assert actual.shape == ref.shape, f"{name}: shape {actual.shape} != reference shape {ref.shape}"
+    if actual.size == 0:
+        return
+    same_nan = np.isnan(actual) == np.isnan(ref)
+    assert same_nan.all(), f"{name}: NaN pattern differs at {np.argwhere(~same_nan)[:5].tolist()}"
+    fin = ~np.isnan(ref)
+    a, r = actual[fin], ref[fin]
+    inf = np.isinf(r)
+    assert np.array_equal(a[inf], r[inf]), f"{name}: infinities differ"
+    a, r = a[~inf], r[~inf]
+    if a.size == 0:
+        return
+    if scale is None:
+        scale = float(np.sqrt(np.mean(r * r)))
+    tol = tolerance(dtype, k, factor)
+    err = np.abs(a - r)
+    bound = tol * (np.abs(r) + scale) + np.finfo(np.float64).tiny
+    bad = err > bound
+    if bad.any():
+        full_err = np.zeros(actual.shape)
+        full_err[fin] = np.where(np.isinf(ref[fin]), 0.0, np.abs(actual[fin] - ref[fin]))
+        worst = np.unravel_index(int(np.argmax(full_err)), actual.shape)
+        rel = err / np.maximum(np.abs(r), scale if scale > 0 else 1.0)
+        idx = np.argwhere(bad)[:5].ravel().tolist()
+        pairs = [(float(a[i]), float(r[i])) for i in idx]
+        raise AssertionError(
+            f"{name}: {int(bad.sum())}/{bad.size} elements outside tol={tol:.3g} (dtype={np.dtype(dtype).name if not isinstance(dtype, str) else dtype}, "
+            f"k={k}, scale={scale:.3g}); max abs err {err.max():.3g}, max rel err {rel.max():.3g}, "
+            f"worst index {tuple(int(i) for i in worst)}; first (actual, ref) pairs {pairs}")
+
+
+def bf16_bits(a: np.ndarray) -> np.ndarray:
+    """float32 -> bf16 bits (uint16), round to nearest even (NaN -> 0x7FC0)."""
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    u = a.view(np.uint32)
+    out = ((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)).astype(np.uint16)
+    out[np.isnan(a)] = 0x7FC0
+    return out
+
+
+def bf16_to_f32(b: np.ndarray) -> np.ndarray:
+    return (np.asarray(b, dtype=np.uint16).astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+
+def weight_as_f64(w: np.ndarray) -> np.ndarray:
+    """The exact value of a weight array (f32, f16 or bf16 bits in uint16) as float64."""
+    if w.dtype == np.uint16:
+        return bf16_to_f32(w).astype(np.float64)
+    return w.astype(np.float64)
+
+
+def as_weight(w32: np.ndarray, wdtype: str) -> np.ndarray:
+    """float32 weights stored as 'float32', 'bfloat16' (uint16 bits) or 'float16'."""
+    if wdtype == "float32":
+        return np.ascontiguousarray(w32, dtype=np.float32)
+    if wdtype == "bfloat16":
+        return bf16_bits(w32)
+    if wdtype == "float16":
+        return np.ascontiguousarray(w32.astype(np.float16))
+    raise ValueError(wdtype)
