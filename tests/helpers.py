@@ -33,8 +33,7 @@ def tolerance(dtype=np.float32, k: int = 1, factor: float = 4.0) -> float:
     return factor * eps(dtype) * math.sqrt(max(int(k), 1))
 
 
-def assert_close(actual, ref, *, dtype=np.float32, k: int = 1, factor: float = 4.0, scale=None,
-                 name: str = "") -> None:
+def assert_close(actual, ref, *, dtype=np.float32, k: int = 1, factor: float = 4.0, scale=None, name: str = "") -> None:
     actual = np.asarray(actual, dtype=np.float64)
     ref = np.asarray(ref, dtype=np.float64)
     assert actual.shape == ref.shape, f"{name}: shape {actual.shape} != reference shape {ref.shape}"
@@ -65,7 +64,8 @@ def assert_close(actual, ref, *, dtype=np.float32, k: int = 1, factor: float = 4
         raise AssertionError(
             f"{name}: {int(bad.sum())}/{bad.size} elements outside tol={tol:.3g} (dtype={np.dtype(dtype).name if not isinstance(dtype, str) else dtype}, "
             f"k={k}, scale={scale:.3g}); max abs err {err.max():.3g}, max rel err {rel.max():.3g}, "
-            f"worst index {tuple(int(i) for i in worst)}; first (actual, ref) pairs {pairs}")
+            f"worst index {tuple(int(i) for i in worst)}; first (actual, ref) pairs {pairs}"
+        )
 
 
 def bf16_bits(a: np.ndarray) -> np.ndarray:

@@ -6,7 +6,9 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <atomic>
+#include <climits>
 #include <cstdint>
 
 namespace lfm2 {
@@ -26,13 +28,19 @@ inline void set_num_threads(int n) {
     detail::g_num_threads.store(n > 0 ? n : 0);
 }
 
+// Below this many inner-loop operations (multiply-adds, elements) a loop runs on the calling
+// thread: waking a team costs microseconds, and on an oversubscribed machine a descheduled team
+// member stalls the closing barrier for a whole time slice. Every real-model GEMM is above it.
+constexpr int64_t kMinParallelWork = int64_t(1) << 20;
+
 // f(i) for i in [0, n), items spread dynamically over the threads. Runs inline when n < 2, one
-// thread is configured, or the caller is already inside a parallel region.
+// thread is configured, the caller is already inside a parallel region, or `work` (the loop's
+// estimated operation count; unknown = unlimited) is below kMinParallelWork.
 template <class F>
-void parallel_for(int64_t n, F&& f) {
+void parallel_for(int64_t n, F&& f, int64_t work = INT64_MAX) {
     int nt = num_threads();
     if (nt > n) nt = int(n);
-    if (nt <= 1 || omp_in_parallel()) {
+    if (nt <= 1 || work < kMinParallelWork || omp_in_parallel()) {
         for (int64_t i = 0; i < n; ++i) f(i);
         return;
     }
@@ -40,21 +48,24 @@ void parallel_for(int64_t n, F&& f) {
     for (int64_t i = 0; i < n; ++i) f(i);
 }
 
-// Splits [0, n) into about `chunks_per_thread * threads` contiguous ranges of at least `grain`
-// items and calls f(begin, end) for each.
+// Splits [0, n) into contiguous ranges and calls f(begin, end) for each: about four ranges per
+// thread, each worth at least 2^16 operations given `item_work` (estimated operations per item).
+// Runs as a single range on the calling thread when n·item_work is below kMinParallelWork.
 template <class F>
-void parallel_ranges(int64_t n, int64_t grain, F&& f, int chunks_per_thread = 4) {
+void parallel_ranges(int64_t n, int64_t item_work, F&& f) {
     if (n <= 0) return;
-    if (grain < 1) grain = 1;
-    int64_t want = int64_t(num_threads()) * chunks_per_thread;
-    int64_t chunk = (n + want - 1) / want;
-    if (chunk < grain) chunk = grain;
-    int64_t count = (n + chunk - 1) / chunk;
-    parallel_for(count, [&](int64_t c) {
-        int64_t b = c * chunk;
-        int64_t e = b + chunk < n ? b + chunk : n;
-        f(b, e);
-    });
+    if (item_work < 1) item_work = 1;
+    const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / item_work);
+    const int64_t want = int64_t(num_threads()) * 4;
+    const int64_t chunk = std::max(grain, (n + want - 1) / want);
+    const int64_t count = (n + chunk - 1) / chunk;
+    parallel_for(
+        count,
+        [&](int64_t c) {
+            const int64_t b = c * chunk;
+            f(b, std::min(n, b + chunk));
+        },
+        n > INT64_MAX / item_work ? INT64_MAX : n * item_work);
 }
 
 }  // namespace lfm2

@@ -158,7 +158,7 @@ void kv_write(TensorView k_cache, TensorView v_cache, ConstTensorView k, ConstTe
     const float* kp = k.ptr<float>();
     const float* vp = v.ptr<float>();
     const size_t row = sizeof(float) * size_t(c.Dh);
-    parallel_ranges(T, 64, [&](int64_t t0, int64_t t1) {
+    parallel_ranges(T, 2 * c.Hkv * c.Dh, [&](int64_t t0, int64_t t1) {
         for (int64_t t = t0; t < t1; ++t)
             for (int64_t g = 0; g < c.Hkv; ++g) {
                 int64_t dst = ((int64_t(sp[t]) * c.Hkv + g) * c.Smax + pp[t]) * c.Dh;
@@ -200,25 +200,30 @@ void attention(TensorView out, ConstTensorView q, ConstTensorView k_cache, Const
     const float* kcp = k_cache.ptr<float>();
     const float* vcp = v_cache.ptr<float>();
     float* op_ = out.ptr<float>();
-    parallel_for(T * c.Hkv, [&](int64_t item) {
-        const int64_t t = item / c.Hkv, g = item % c.Hkv;
-        thread_local std::vector<float> work;
-        thread_local std::vector<int32_t> vis;
-        work.resize(size_t(G * (Dh + 2)));
-        const int32_t* idx = nullptr;
-        int64_t n_vis = int64_t(pp[t]) + 1;
-        if (mp) {
-            vis.clear();
-            const uint8_t* row = mp + t * Smax;
-            for (int64_t s = 0; s < Smax; ++s)
-                if (row[s]) vis.push_back(int32_t(s));
-            idx = vis.data();
-            n_vis = int64_t(vis.size());
-        }
-        const int64_t cache_off = (int64_t(sp[t]) * c.Hkv + g) * Smax * Dh;
-        run_kernel<AttnGroup>(isa, op_ + (t * H + g * G) * Dh, qp + (t * H + g * G) * Dh, kcp + cache_off,
-                              vcp + cache_off, idx, n_vis, G, Dh, scale, work.data());
-    });
+    int64_t work = 0;  // multiply-adds: q.k and p.v over the visible rows
+    for (int64_t t = 0; t < T; ++t) work += 2 * (mp ? Smax : int64_t(pp[t]) + 1) * H * Dh;
+    parallel_for(
+        T * c.Hkv,
+        [&](int64_t item) {
+            const int64_t t = item / c.Hkv, g = item % c.Hkv;
+            thread_local std::vector<float> scratch;
+            thread_local std::vector<int32_t> vis;
+            scratch.resize(size_t(G * (Dh + 2)));
+            const int32_t* idx = nullptr;
+            int64_t n_vis = int64_t(pp[t]) + 1;
+            if (mp) {
+                vis.clear();
+                const uint8_t* row = mp + t * Smax;
+                for (int64_t s = 0; s < Smax; ++s)
+                    if (row[s]) vis.push_back(int32_t(s));
+                idx = vis.data();
+                n_vis = int64_t(vis.size());
+            }
+            const int64_t cache_off = (int64_t(sp[t]) * c.Hkv + g) * Smax * Dh;
+            run_kernel<AttnGroup>(isa, op_ + (t * H + g * G) * Dh, qp + (t * H + g * G) * Dh, kcp + cache_off,
+                                  vcp + cache_off, idx, n_vis, G, Dh, scale, scratch.data());
+        },
+        work);
 }
 
 }  // namespace lfm2::cpu

@@ -14,7 +14,7 @@ template <class Out, class In, class Fn>
 void run(void* out, const void* x, int64_t n, Fn f) {
     Out* o = static_cast<Out*>(out);
     const In* in = static_cast<const In*>(x);
-    parallel_ranges(n, 1 << 16, [&](int64_t b, int64_t e) {
+    parallel_ranges(n, 1, [&](int64_t b, int64_t e) {
         for (int64_t i = b; i < e; ++i) o[i] = f(in[i]);
     });
 }

@@ -27,8 +27,7 @@ struct EmbeddingRows {
 
 template <class WT>
 void gather(Isa isa, float* out, const WT* table, const int32_t* ids, int64_t T, int64_t D) {
-    parallel_ranges(T, std::max<int64_t>(1, 65536 / std::max<int64_t>(D, 1)),
-                    [&](int64_t t0, int64_t t1) { run_kernel<EmbeddingRows>(isa, out, table, ids, t0, t1, D); });
+    parallel_ranges(T, D, [&](int64_t t0, int64_t t1) { run_kernel<EmbeddingRows>(isa, out, table, ids, t0, t1, D); });
 }
 
 }  // namespace

@@ -117,12 +117,15 @@ void gemm_typed(Isa isa, const float* x, int64_t ldx, const WT* w, int64_t ldw, 
         nb = std::max<int64_t>(16, ((N + want_blocks - 1) / want_blocks + 15) / 16 * 16);
     }
     int64_t n_blocks = (N + nb - 1) / nb;
-    parallel_for(m_chunks * n_blocks, [&](int64_t item) {
-        int64_t mc = item / n_blocks, b = item % n_blocks;
-        int64_t m0 = mc * kRowChunk, m1 = std::min(M, m0 + kRowChunk);
-        int64_t n0 = b * nb, n1 = std::min(N, n0 + nb);
-        run_kernel<GemmBlock>(isa, x, ldx, w, ldw, out, ldo, m0, m1, n0, n1, K);
-    });
+    parallel_for(
+        m_chunks * n_blocks,
+        [&](int64_t item) {
+            int64_t mc = item / n_blocks, b = item % n_blocks;
+            int64_t m0 = mc * kRowChunk, m1 = std::min(M, m0 + kRowChunk);
+            int64_t n0 = b * nb, n1 = std::min(N, n0 + nb);
+            run_kernel<GemmBlock>(isa, x, ldx, w, ldw, out, ldo, m0, m1, n0, n1, K);
+        },
+        M * N * std::max<int64_t>(K, 1));
 }
 
 }  // namespace

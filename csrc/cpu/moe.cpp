@@ -108,7 +108,7 @@ void moe_route(TensorView ids_out, TensorView w_out, ConstTensorView logits, con
     int32_t* ip = ids_out.ptr<int32_t>();
     float* wp = w_out.ptr<float>();
     // Double precision, as the reference: selection compares sigmoid + bias in double.
-    parallel_ranges(T, 64, [&](int64_t t0, int64_t t1) {
+    parallel_ranges(T, 16 * E, [&](int64_t t0, int64_t t1) {  // ~16 operations per double exp
         std::vector<double> s(static_cast<size_t>(E)), sel(static_cast<size_t>(E)), w(static_cast<size_t>(K));
         std::vector<char> taken(static_cast<size_t>(E));
         for (int64_t t = t0; t < t1; ++t) {
@@ -194,7 +194,7 @@ void moe_experts(TensorView out, ConstTensorView x, ConstTensorView ids, ConstTe
     // Combine: acc = 0; acc += w[t, j] · rows[t, j] for j in slot order, skipping ids < 0.
     const float* wp = w.ptr<float>();
     float* o = out.ptr<float>();
-    parallel_ranges(T, std::max<int64_t>(1, 16384 / std::max<int64_t>(D, 1)), [&](int64_t t0, int64_t t1) {
+    parallel_ranges(T, K * D, [&](int64_t t0, int64_t t1) {
         for (int64_t t = t0; t < t1; ++t) {
             float* ot = o + t * D;
             std::fill(ot, ot + D, 0.0f);

@@ -61,8 +61,7 @@ void rmsnorm(TensorView out, ConstTensorView x, ConstTensorView w, float eps) {
     float* o = out.ptr<float>();
     const float* xp = x.ptr<float>();
     const float* wp = w.ptr<float>();
-    parallel_ranges(R, std::max<int64_t>(1, 16384 / std::max<int64_t>(D, 1)),
-                    [&](int64_t r0, int64_t r1) { run_kernel<RmsnormRows>(isa, o, xp, wp, r0, r1, D, eps); });
+    parallel_ranges(R, 3 * D, [&](int64_t r0, int64_t r1) { run_kernel<RmsnormRows>(isa, o, xp, wp, r0, r1, D, eps); });
 }
 
 }  // namespace lfm2::cpu

@@ -59,7 +59,7 @@ void rope(TensorView x, ConstTensorView positions, double theta) {
     const Isa isa = active_isa();
     float* xp = x.ptr<float>();
     const int32_t* pos = positions.ptr<int32_t>();
-    parallel_ranges(T, std::max<int64_t>(1, 4096 / std::max<int64_t>(H * Dh, 1)), [&](int64_t t0, int64_t t1) {
+    parallel_ranges(T, 3 * H * Dh + 50 * Dh, [&](int64_t t0, int64_t t1) {
         std::vector<float> cs(static_cast<size_t>(2 * half));
         for (int64_t t = t0; t < t1; ++t) {
             for (int64_t j = 0; j < half; ++j) {

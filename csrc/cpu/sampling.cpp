@@ -67,8 +67,7 @@ void argmax(TensorView out, ConstTensorView logits) {
     const Isa isa = active_isa();
     int32_t* o = out.ptr<int32_t>();
     const float* lp = logits.ptr<float>();
-    parallel_ranges(T, std::max<int64_t>(1, 65536 / std::max<int64_t>(V, 1)),
-                    [&](int64_t r0, int64_t r1) { run_kernel<ArgmaxRows>(isa, o, lp, r0, r1, V); });
+    parallel_ranges(T, V, [&](int64_t r0, int64_t r1) { run_kernel<ArgmaxRows>(isa, o, lp, r0, r1, V); });
 }
 
 }  // namespace lfm2::cpu

@@ -126,12 +126,15 @@ void shortconv(TensorView out, ConstTensorView bcx, ConstTensorView conv_w, Tens
     float* stp = state.ptr<float>();
     const int64_t n_blocks = (D + kChannelBlock - 1) / kChannelBlock;
     const int64_t n_runs = int64_t(runs.size());
-    parallel_for(n_blocks, [&](int64_t blk) {
-        thread_local std::vector<float> ring;
-        ring.resize(size_t(L * kChannelBlock));
-        const int64_t c0 = blk * kChannelBlock, c1 = std::min(D, c0 + kChannelBlock);
-        run_kernel<ShortconvBlock>(isa, o, bp, wt.data(), stp, uo, runs.data(), n_runs, D, L, c0, c1, ring.data());
-    });
+    parallel_for(
+        n_blocks,
+        [&](int64_t blk) {
+            thread_local std::vector<float> ring;
+            ring.resize(size_t(L * kChannelBlock));
+            const int64_t c0 = blk * kChannelBlock, c1 = std::min(D, c0 + kChannelBlock);
+            run_kernel<ShortconvBlock>(isa, o, bp, wt.data(), stp, uo, runs.data(), n_runs, D, L, c0, c1, ring.data());
+        },
+        T * D * (L + 2));
 }
 
 }  // namespace lfm2::cpu

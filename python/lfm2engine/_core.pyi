@@ -7,15 +7,15 @@ converted implicitly: a wrong dtype raises TypeError, a wrong shape / layout Val
 out-of-range index IndexError. Shape legend: csrc/core/shapes.h.
 """
 
-from typing import Optional
+from typing import TypeAlias
 
 import numpy as np
 from numpy.typing import NDArray
 
-F32 = NDArray[np.float32]
-I32 = NDArray[np.int32]
-U8 = NDArray[np.uint8]
-Weight = NDArray[np.float32] | NDArray[np.uint16] | NDArray[np.float16]
+_F32: TypeAlias = NDArray[np.float32]
+_I32: TypeAlias = NDArray[np.int32]
+_U8: TypeAlias = NDArray[np.uint8]
+_Weight: TypeAlias = NDArray[np.float32] | NDArray[np.uint16] | NDArray[np.float16]
 
 __version__: str
 
@@ -47,61 +47,60 @@ class cpu:
     """Submodule _core.cpu: the CPU ops (SIMD + OpenMP, row-batch invariant)."""
 
     @staticmethod
-    def gemm(out: F32, x: F32, w: Weight) -> None:
+    def gemm(out: _F32, x: _F32, w: _Weight) -> None:
         """out[T, N] = x[T, K] @ w[N, K].T, fp32 accumulation."""
 
     @staticmethod
-    def embedding(out: F32, table: Weight, ids: I32) -> None:
+    def embedding(out: _F32, table: _Weight, ids: _I32) -> None:
         """out[T, D] = table[V, D][ids[T]]; IndexError if an id is outside [0, V)."""
 
     @staticmethod
-    def rmsnorm(out: F32, x: F32, w: F32, eps: float) -> None:
+    def rmsnorm(out: _F32, x: _F32, w: _F32, eps: float) -> None:
         """out[R, D] = w[D] * x / sqrt(mean(x^2) + eps); out may be x."""
 
     @staticmethod
-    def rope(x: F32, positions: I32, theta: float) -> None:
+    def rope(x: _F32, positions: _I32, theta: float) -> None:
         """In place NeoX RoPE of x[T, H, Dh] at positions[T]."""
 
     @staticmethod
-    def kv_write(k_cache: F32, v_cache: F32, k: F32, v: F32, seq: I32, pos: I32) -> None:
+    def kv_write(k_cache: _F32, v_cache: _F32, k: _F32, v: _F32, seq: _I32, pos: _I32) -> None:
         """cache[B, Hkv, Smax, Dh][seq[t], :, pos[t]] = k[T, Hkv, Dh][t] (and v)."""
 
     @staticmethod
-    def attention(out: F32, q: F32, k_cache: F32, v_cache: F32, seq: I32, pos: I32,
-                  mask: Optional[U8] = None) -> None:
+    def attention(
+        out: _F32, q: _F32, k_cache: _F32, v_cache: _F32, seq: _I32, pos: _I32, mask: _U8 | None = None
+    ) -> None:
         """out[T, H, Dh]: causal GQA attention over the cache rows 0..pos[t] of seq[t], or over
         the rows s with mask[T, Smax][t, s] != 0."""
 
     @staticmethod
-    def shortconv(out: F32, bcx: F32, conv_w: F32, state: F32, seq: I32,
-                  u_out: Optional[F32] = None) -> None:
+    def shortconv(out: _F32, bcx: _F32, conv_w: _F32, state: _F32, seq: _I32, u_out: _F32 | None = None) -> None:
         """out[T, D] = C * conv_L(B * x) with bcx[T, 3D] = (B | C | x), conv_w[D, L],
         state[B, L-1, D] updated in place; u_out[T, D] receives B * x."""
 
     @staticmethod
-    def swiglu(out: F32, gu: F32) -> None:
+    def swiglu(out: _F32, gu: _F32) -> None:
         """out[T, F] = silu(gu[T, 2F][:, :F]) * gu[:, F:]."""
 
     @staticmethod
-    def moe_route(ids_out: I32, w_out: F32, logits: F32, bias: Optional[F32], norm_topk: bool,
-                  scale: float) -> None:
+    def moe_route(ids_out: _I32, w_out: _F32, logits: _F32, bias: _F32 | None, norm_topk: bool, scale: float) -> None:
         """Sigmoid top-K router: ids_out[T, K], w_out[T, K] from logits[T, E], bias[E]."""
 
     @staticmethod
-    def moe_expert_rows(out: F32, x: F32, eids: I32, w13: Weight, w2: Weight) -> None:
+    def moe_expert_rows(out: _F32, x: _F32, eids: _I32, w13: _Weight, w2: _Weight) -> None:
         """out[N, D] = expert_{eids[n]}(x[N, D][n]) unweighted (0 where eids < 0);
         w13[E, 2Fe, D] (gate | up), w2[E, D, Fe]."""
 
     @staticmethod
-    def moe_experts(out: F32, x: F32, ids: I32, w: F32, w13: Weight, w2: Weight) -> None:
+    def moe_experts(out: _F32, x: _F32, ids: _I32, w: _F32, w13: _Weight, w2: _Weight) -> None:
         """out[T, D] = sum_j w[T, K][t, j] * expert_{ids[t, j]}(x[t]) in slot order."""
 
     @staticmethod
-    def argmax(out: I32, logits: F32) -> None:
+    def argmax(out: _I32, logits: _F32) -> None:
         """out[T] = first index of the maximum of logits[T, V][t] (NaN wins)."""
 
     @staticmethod
-    def convert(out: Weight, x: Weight) -> None:
+    def convert(out: _Weight, x: _Weight) -> None:
         """Elementwise conversion between float32, bfloat16 bits (uint16) and float16."""
 
 class cuda:
