@@ -1,18 +1,434 @@
-// _core.cuda: device queries and the smoke-test kernel of csrc/cuda/device.cu. The same names
-// exist in every build; without CUDA compiled in each raises lfm2engine.errors.BackendError (a
-// RuntimeError) "lfm2engine was built without CUDA", so callers check _core.has_cuda() first.
-// With CUDA compiled and no GPU, device_count() is 0 and nothing raises at import.
+// _core.cuda: the CUDA backend. Device queries, the device tensor handle `Tensor`, `Graph`
+// (CUDA Graph capture), timing and allocator helpers, and every op of _core.cpu under the same
+// name and argument order, taking Tensor arguments (None for optional ones) instead of arrays.
+// Thin like register_cpu.cpp: arguments become views (a non-Tensor argument is a TypeError that
+// names it), the op checks shapes, the GIL is released while it enqueues work. Ops return at
+// once; Tensor.to_numpy() and synchronize() wait, and raise the device-side index errors.
+// The same names exist in every build; without CUDA compiled in each raises
+// lfm2engine.errors.BackendError (a RuntimeError) "lfm2engine was built without CUDA", so callers
+// check _core.has_cuda() first. With CUDA compiled and no GPU, device_count() is 0 and nothing
+// raises at import.
+#include <pybind11/functional.h>
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "numpy_view.h"
 
 #ifdef LFM2_WITH_CUDA
 #include "cuda/device.h"
+#include "cuda/ops.h"
+#include "cuda/tensor.h"
 #endif
 
 namespace lfm2::bindings {
 
 namespace py = pybind11;
+
+namespace {
+
+#ifdef LFM2_WITH_CUDA
+
+const char* dtype_str(DType d) {
+    switch (d) {
+        case DType::F32:
+            return "float32";
+        case DType::F16:
+            return "float16";
+        case DType::BF16:
+            return "bfloat16";
+        case DType::I32:
+            return "int32";
+        case DType::U8:
+            return "uint8";
+    }
+    return "?";
+}
+
+// "float32" | "float16" | "bfloat16" | "int32" | "uint8", or anything numpy.dtype() accepts
+// (uint16 means bf16 bits, bool means uint8, as everywhere in _core).
+DType parse_dtype(const py::object& obj) {
+    if (py::isinstance<py::str>(obj) && obj.cast<std::string>() == "bfloat16") return DType::BF16;
+    py::dtype dt = py::dtype::from_args(obj);
+    py::array probe(dt, std::vector<py::ssize_t>{0});
+    return dtype_of(probe, "cuda.Tensor", "dtype");
+}
+
+std::vector<int64_t> parse_shape(const py::handle& obj) {
+    std::vector<int64_t> s;
+    if (py::isinstance<py::int_>(obj)) {
+        s.push_back(obj.cast<int64_t>());
+        return s;
+    }
+    for (auto v : py::reinterpret_borrow<py::sequence>(obj)) s.push_back(v.cast<int64_t>());
+    return s;
+}
+
+py::dtype numpy_dtype(DType d) {
+    switch (d) {
+        case DType::F32:
+            return py::dtype::of<float>();
+        case DType::F16:
+            return py::dtype("float16");
+        case DType::BF16:
+            return py::dtype::of<uint16_t>();
+        case DType::I32:
+            return py::dtype::of<int32_t>();
+        case DType::U8:
+            return py::dtype::of<uint8_t>();
+    }
+    return py::dtype::of<float>();
+}
+
+const cuda::Tensor& as_tensor(const py::handle& obj, const char* op, const char* name) {
+    if (!py::isinstance<cuda::Tensor>(obj))
+        throw py::type_error(std::string(op) + ": argument '" + name +
+                             "' must be a lfm2engine._core.cuda.Tensor (device memory), got " +
+                             std::string(py::str(py::type::handle_of(obj).attr("__name__"))) +
+                             "; hint: _core.cuda.Tensor.from_numpy(array)");
+    return obj.cast<const cuda::Tensor&>();
+}
+
+TensorView out_t(const py::handle& obj, const char* op, const char* name) {
+    return as_tensor(obj, op, name).view();
+}
+ConstTensorView in_t(const py::handle& obj, const char* op, const char* name) {
+    return as_tensor(obj, op, name).cview();
+}
+
+// Upload a host array into `dst` (same dtype and shape; any layout, made C-contiguous on the host).
+void upload(const cuda::Tensor& dst, const py::array& src) {
+    const char* op = "cuda.Tensor.copy_";
+    const DType d = dtype_of(src, op, "src");
+    if (d != dst.dtype)
+        throw py::type_error(std::string(op) + ": source dtype " + dtype_str(d) + " differs from the tensor's " +
+                             dtype_str(dst.dtype) + " (nothing is converted implicitly)");
+    bool same = src.ndim() == dst.ndim;
+    for (int i = 0; same && i < dst.ndim; ++i) same = src.shape(i) == dst.shape[i];
+    if (!same) {
+        std::string s = "(";
+        for (int i = 0; i < src.ndim(); ++i) s += std::to_string(src.shape(i)) + (i + 1 < src.ndim() ? ", " : "");
+        throw py::value_error(std::string(op) + ": source shape " + s + ") differs from the tensor's " +
+                              dst.shape_str());
+    }
+    py::array c = py::array::ensure(src, py::array::c_style);
+    const void* p = c.data();
+    const size_t n = dst.nbytes();
+    py::gil_scoped_release nogil;
+    cuda::copy_from_host(dst, p, n);
+}
+
+void assign(const cuda::Tensor& dst, const py::object& value) {
+    if (py::isinstance<cuda::Tensor>(value)) {
+        const auto& src = value.cast<const cuda::Tensor&>();
+        LFM2_CHECK(src.ndim == dst.ndim && src.sizes() == dst.sizes(), "cuda.Tensor.copy_", "source shape ",
+                   src.shape_str(), " differs from the tensor's ", dst.shape_str());
+        cuda::copy_device(dst, src);
+    } else if (py::isinstance<py::array>(value)) {
+        upload(dst, py::reinterpret_borrow<py::array>(value));
+    } else if ((py::isinstance<py::int_>(value) || py::isinstance<py::float_>(value)) && value.cast<double>() == 0.0) {
+        cuda::zero_(dst);
+    } else {
+        throw py::type_error("cuda.Tensor: can assign a cuda.Tensor, a numpy array of the same dtype and shape, or 0");
+    }
+}
+
+cuda::Tensor index(const cuda::Tensor& t, const py::object& key) {
+    if (py::isinstance<py::slice>(key)) {
+        LFM2_CHECK(t.ndim >= 1, "cuda.Tensor[slice]", "cannot slice a 0-d tensor");
+        py::ssize_t start = 0, stop = 0, step = 0, len = 0;
+        if (!py::reinterpret_borrow<py::slice>(key).compute(py::ssize_t(t.shape[0]), &start, &stop, &step, &len))
+            throw py::error_already_set();
+        if (step != 1) throw py::value_error("cuda.Tensor: only contiguous slices (step 1) of dimension 0 are views");
+        return t.slice(start, start + len);
+    }
+    if (py::isinstance<py::int_>(key) || py::hasattr(key, "__index__")) {
+        int64_t i = key.cast<int64_t>();
+        if (t.ndim >= 1 && i < 0) i += t.shape[0];
+        return t.select(i);
+    }
+    throw py::type_error("cuda.Tensor: index dimension 0 with an int or a slice (views share memory)");
+}
+
+void register_tensor(py::module_& m) {
+    py::class_<cuda::Tensor>(m, "Tensor",
+                             "A C-contiguous array in GPU memory (float32, float16, bfloat16, int32 or uint8).\n"
+                             "Views (reshape, t[i], t[a:b]) share memory; work is ordered on one stream.")
+        .def_static(
+            "from_numpy",
+            [](const py::array& a) {
+                const DType d = dtype_of(a, "cuda.Tensor.from_numpy", "array");
+                std::vector<int64_t> shape(a.shape(), a.shape() + a.ndim());
+                cuda::Tensor t = cuda::Tensor::empty(shape, d);
+                upload(t, a);
+                return t;
+            },
+            py::arg("array"),
+            "A new device tensor holding a copy of `array` (float32, float16, uint16 = bf16 bits, int32,\n"
+            "uint8/bool); the dtype is kept.")
+        .def_static(
+            "empty", [](const py::object& shape, const py::object& dtype) {
+                return cuda::Tensor::empty(parse_shape(shape), parse_dtype(dtype));
+            },
+            py::arg("shape"), py::arg("dtype") = "float32", "Uninitialized device tensor.")
+        .def_static(
+            "zeros", [](const py::object& shape, const py::object& dtype) {
+                return cuda::Tensor::zeros(parse_shape(shape), parse_dtype(dtype));
+            },
+            py::arg("shape"), py::arg("dtype") = "float32", "Zero-filled device tensor.")
+        .def(
+            "to_numpy",
+            [](const cuda::Tensor& t) {
+                py::array a(numpy_dtype(t.dtype), t.sizes());
+                void* p = a.mutable_data();
+                const size_t n = t.nbytes();
+                {
+                    py::gil_scoped_release nogil;
+                    cuda::copy_to_host(p, t, n);
+                }
+                return a;
+            },
+            "Copy to a new numpy array (waits for queued work; raises pending device-side index errors).")
+        .def(
+            "copy_",
+            [](const cuda::Tensor& t, const py::object& src) {
+                assign(t, src);
+                return t;
+            },
+            py::arg("src"), "Overwrite with a numpy array or a Tensor of the same shape and dtype; returns self.")
+        .def(
+            "zero_",
+            [](const cuda::Tensor& t) {
+                cuda::zero_(t);
+                return t;
+            },
+            "Fill with zeros; returns self.")
+        .def(
+            "reshape",
+            [](const cuda::Tensor& t, const py::args& args) {
+                if (args.size() == 1 && !py::isinstance<py::int_>(args[0])) return t.reshape(parse_shape(args[0]));
+                return t.reshape(parse_shape(args));
+            },
+            "A view with another shape (same number of elements; one -1 is inferred).")
+        .def("__getitem__", &index, py::arg("key"), "t[i] or t[a:b] along dimension 0: a view.")
+        .def(
+            "__setitem__", [](const cuda::Tensor& t, const py::object& key, const py::object& value) {
+                assign(index(t, key), value);
+            },
+            py::arg("key"), py::arg("value"))
+        .def_property_readonly("shape", [](const cuda::Tensor& t) { return py::tuple(py::cast(t.sizes())); })
+        .def_property_readonly("dtype", [](const cuda::Tensor& t) { return std::string(dtype_str(t.dtype)); })
+        .def_property_readonly("ndim", [](const cuda::Tensor& t) { return t.ndim; })
+        .def_property_readonly("nbytes", [](const cuda::Tensor& t) { return t.nbytes(); })
+        .def_property_readonly("data_ptr", [](const cuda::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data()); })
+        .def("numel", &cuda::Tensor::numel)
+        .def("__len__",
+             [](const cuda::Tensor& t) {
+                 if (t.ndim == 0) throw py::type_error("len() of a 0-d tensor");
+                 return t.shape[0];
+             })
+        .def("__repr__", [](const cuda::Tensor& t) {
+            return "cuda.Tensor(shape=" + t.shape_str() + ", dtype=" + dtype_str(t.dtype) + ")";
+        });
+
+    py::class_<cuda::Graph>(m, "Graph",
+                            "A CUDA Graph: begin(), then op calls (recorded, not run), end(); replay() runs them.\n"
+                            "Host copies are not allowed while capturing; memory allocated then stays reserved.")
+        .def(py::init<>())
+        .def("begin", &cuda::Graph::begin)
+        .def("end", &cuda::Graph::end)
+        .def("replay", &cuda::Graph::replay, py::call_guard<py::gil_scoped_release>())
+        .def_property_readonly("ready", &cuda::Graph::ready);
+}
+
+void register_ops(py::module_& m) {
+    m.def(
+        "gemm",
+        [](py::object out, py::object x, py::object w) {
+            const char* op = "gemm";
+            auto o = out_t(out, op, "out");
+            auto xv = in_t(x, op, "x");
+            auto wv = in_t(w, op, "w");
+            py::gil_scoped_release nogil;
+            cuda::gemm(o, xv, wv);
+        },
+        py::arg("out"), py::arg("x"), py::arg("w"),
+        "gemm(out[T, N] f32, x[T, K] f32, w[N, K] f32|bf16|f16): out = x @ w.T, fp32 accumulation.\n"
+        "f16 weights use the Tensor Cores (x rounded to f16 per GEMM).");
+    m.def(
+        "embedding",
+        [](py::object out, py::object table, py::object ids) {
+            const char* op = "embedding";
+            auto o = out_t(out, op, "out");
+            auto tv = in_t(table, op, "table");
+            auto iv = in_t(ids, op, "ids");
+            py::gil_scoped_release nogil;
+            cuda::embedding(o, tv, iv);
+        },
+        py::arg("out"), py::arg("table"), py::arg("ids"),
+        "embedding(out[T, D] f32, table[V, D] f32|bf16|f16, ids[T] i32): out = table[ids].\n"
+        "A bad id raises IndexError at the next synchronization.");
+    m.def(
+        "rmsnorm",
+        [](py::object out, py::object x, py::object w, float eps) {
+            const char* op = "rmsnorm";
+            auto o = out_t(out, op, "out");
+            auto xv = in_t(x, op, "x");
+            auto wv = in_t(w, op, "w");
+            py::gil_scoped_release nogil;
+            cuda::rmsnorm(o, xv, wv, eps);
+        },
+        py::arg("out"), py::arg("x"), py::arg("w"), py::arg("eps"),
+        "rmsnorm(out[R, D] f32, x[R, D] f32, w[D] f32, eps): out = w * x / sqrt(mean(x^2) + eps); out may be x.");
+    m.def(
+        "rope",
+        [](py::object x, py::object positions, double theta) {
+            const char* op = "rope";
+            auto xv = out_t(x, op, "x");
+            auto pv = in_t(positions, op, "positions");
+            py::gil_scoped_release nogil;
+            cuda::rope(xv, pv, theta);
+        },
+        py::arg("x"), py::arg("positions"), py::arg("theta"),
+        "rope(x[T, H, Dh] f32, positions[T] i32, theta): in place NeoX RoPE.");
+    m.def(
+        "kv_write",
+        [](py::object k_cache, py::object v_cache, py::object k, py::object v, py::object seq, py::object pos) {
+            const char* op = "kv_write";
+            auto kc = out_t(k_cache, op, "k_cache");
+            auto vc = out_t(v_cache, op, "v_cache");
+            auto kv = in_t(k, op, "k");
+            auto vv = in_t(v, op, "v");
+            auto sv = in_t(seq, op, "seq");
+            auto pv = in_t(pos, op, "pos");
+            py::gil_scoped_release nogil;
+            cuda::kv_write(kc, vc, kv, vv, sv, pv);
+        },
+        py::arg("k_cache"), py::arg("v_cache"), py::arg("k"), py::arg("v"), py::arg("seq"), py::arg("pos"),
+        "kv_write(k_cache[B, Hkv, Smax, Dh], v_cache, k[T, Hkv, Dh], v, seq[T] i32, pos[T] i32).");
+    m.def(
+        "attention",
+        [](py::object out, py::object q, py::object k_cache, py::object v_cache, py::object seq, py::object pos,
+           py::object mask) {
+            const char* op = "attention";
+            auto o = out_t(out, op, "out");
+            auto qv = in_t(q, op, "q");
+            auto kc = in_t(k_cache, op, "k_cache");
+            auto vc = in_t(v_cache, op, "v_cache");
+            auto sv = in_t(seq, op, "seq");
+            auto pv = in_t(pos, op, "pos");
+            ConstTensorView mv;
+            const bool has_mask = !mask.is_none();
+            if (has_mask) mv = in_t(mask, op, "mask");
+            py::gil_scoped_release nogil;
+            cuda::attention(o, qv, kc, vc, sv, pv, has_mask ? &mv : nullptr);
+        },
+        py::arg("out"), py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("seq"), py::arg("pos"),
+        py::arg("mask") = py::none(),
+        "attention(out[T, H, Dh], q[T, H, Dh], k_cache[B, Hkv, Smax, Dh], v_cache, seq[T] i32, pos[T] i32,\n"
+        "mask[T, Smax] u8 | None): flash-style causal (or masked) GQA attention; H/Hkv <= 32, Dh <= 256.");
+    m.def(
+        "shortconv",
+        [](py::object out, py::object bcx, py::object conv_w, py::object state, py::object seq, py::object u_out) {
+            const char* op = "shortconv";
+            auto o = out_t(out, op, "out");
+            auto bv = in_t(bcx, op, "bcx");
+            auto wv = in_t(conv_w, op, "conv_w");
+            auto st = out_t(state, op, "state");
+            auto sv = in_t(seq, op, "seq");
+            TensorView uv;
+            const bool has_u = !u_out.is_none();
+            if (has_u) uv = out_t(u_out, op, "u_out");
+            py::gil_scoped_release nogil;
+            cuda::shortconv(o, bv, wv, st, sv, has_u ? &uv : nullptr);
+        },
+        py::arg("out"), py::arg("bcx"), py::arg("conv_w"), py::arg("state"), py::arg("seq"),
+        py::arg("u_out") = py::none(),
+        "shortconv(out[T, D], bcx[T, 3D], conv_w[D, L], state[B, L-1, D], seq[T] i32, u_out[T, D] | None).");
+    m.def(
+        "swiglu",
+        [](py::object out, py::object gu) {
+            const char* op = "swiglu";
+            auto o = out_t(out, op, "out");
+            auto gv = in_t(gu, op, "gu");
+            py::gil_scoped_release nogil;
+            cuda::swiglu(o, gv);
+        },
+        py::arg("out"), py::arg("gu"), "swiglu(out[T, F], gu[T, 2F]): out = silu(gu[:, :F]) * gu[:, F:].");
+    m.def(
+        "moe_route",
+        [](py::object ids_out, py::object w_out, py::object logits, py::object bias, bool norm_topk, double scale) {
+            const char* op = "moe_route";
+            auto iv = out_t(ids_out, op, "ids_out");
+            auto wv = out_t(w_out, op, "w_out");
+            auto lv = in_t(logits, op, "logits");
+            ConstTensorView bv;
+            const bool has_bias = !bias.is_none();
+            if (has_bias) bv = in_t(bias, op, "bias");
+            py::gil_scoped_release nogil;
+            cuda::moe_route(iv, wv, lv, has_bias ? &bv : nullptr, norm_topk, scale);
+        },
+        py::arg("ids_out"), py::arg("w_out"), py::arg("logits"), py::arg("bias"), py::arg("norm_topk"),
+        py::arg("scale"),
+        "moe_route(ids_out[T, K] i32, w_out[T, K] f32, logits[T, E] f32, bias[E] f32 | None, norm_topk, scale).");
+    m.def(
+        "moe_expert_rows",
+        [](py::object out, py::object x, py::object eids, py::object w13, py::object w2) {
+            const char* op = "moe_expert_rows";
+            auto o = out_t(out, op, "out");
+            auto xv = in_t(x, op, "x");
+            auto ev = in_t(eids, op, "eids");
+            auto w13v = in_t(w13, op, "w13");
+            auto w2v = in_t(w2, op, "w2");
+            py::gil_scoped_release nogil;
+            cuda::moe_expert_rows(o, xv, ev, w13v, w2v);
+        },
+        py::arg("out"), py::arg("x"), py::arg("eids"), py::arg("w13"), py::arg("w2"),
+        "moe_expert_rows(out[N, D], x[N, D], eids[N] i32, w13[E, 2Fe, D], w2[E, D, Fe]).");
+    m.def(
+        "moe_experts",
+        [](py::object out, py::object x, py::object ids, py::object w, py::object w13, py::object w2) {
+            const char* op = "moe_experts";
+            auto o = out_t(out, op, "out");
+            auto xv = in_t(x, op, "x");
+            auto iv = in_t(ids, op, "ids");
+            auto wv = in_t(w, op, "w");
+            auto w13v = in_t(w13, op, "w13");
+            auto w2v = in_t(w2, op, "w2");
+            py::gil_scoped_release nogil;
+            cuda::moe_experts(o, xv, iv, wv, w13v, w2v);
+        },
+        py::arg("out"), py::arg("x"), py::arg("ids"), py::arg("w"), py::arg("w13"), py::arg("w2"),
+        "moe_experts(out[T, D], x[T, D], ids[T, K] i32, w[T, K] f32, w13[E, 2Fe, D], w2[E, D, Fe]).");
+    m.def(
+        "argmax",
+        [](py::object out, py::object logits) {
+            const char* op = "argmax";
+            auto o = out_t(out, op, "out");
+            auto lv = in_t(logits, op, "logits");
+            py::gil_scoped_release nogil;
+            cuda::argmax(o, lv);
+        },
+        py::arg("out"), py::arg("logits"), "argmax(out[T] i32, logits[T, V] f32): first index of the row maximum.");
+    m.def(
+        "convert",
+        [](py::object out, py::object x) {
+            const char* op = "convert";
+            auto o = out_t(out, op, "out");
+            auto xv = in_t(x, op, "x");
+            py::gil_scoped_release nogil;
+            cuda::convert(o, xv);
+        },
+        py::arg("out"), py::arg("x"), "convert(out, x): elementwise f32 <-> bf16 <-> f16, round to nearest even.");
+}
+
+#endif  // LFM2_WITH_CUDA
+
+}  // namespace
 
 void register_cuda(py::module_& m) {
 #ifdef LFM2_WITH_CUDA
@@ -26,9 +442,15 @@ void register_cuda(py::module_& m) {
             d["compute_capability"] = py::make_tuple(i.major, i.minor);
             d["multiprocessors"] = i.multiprocessors;
             d["total_memory"] = i.total_memory;
+            d["l2_cache"] = i.l2_cache;
+            d["clock_khz"] = i.clock_khz;
+            d["memory_clock_khz"] = i.memory_clock_khz;
+            d["memory_bus_width"] = i.memory_bus_width;
             return d;
         },
-        py::arg("device") = 0, "Properties of one GPU: name, compute_capability, multiprocessors, total_memory.");
+        py::arg("device") = 0,
+        "Properties of one GPU: name, compute_capability, multiprocessors, total_memory, l2_cache,\n"
+        "clock_khz, memory_clock_khz, memory_bus_width (0 where the driver does not say).");
     m.def("runtime_version", &cuda::runtime_version, "CUDA runtime version built against, e.g. 13000.");
     m.def("driver_version", &cuda::driver_version, "CUDA driver version, 0 without a driver.");
     m.def(
@@ -39,6 +461,31 @@ void register_cuda(py::module_& m) {
         },
         py::arg("device") = 0, py::arg("n") = 1 << 20,
         "Runs a small axpy kernel on the GPU and returns the max abs error vs the host (0.0).");
+    m.def("synchronize", &cuda::synchronize, py::call_guard<py::gil_scoped_release>(),
+          "Wait for all queued GPU work; raises the first device-side index error (IndexError) since the last one.");
+    m.def("memory_allocated", &cuda::memory_allocated, "Bytes of device memory held by live tensors.");
+    m.def("memory_cached", &cuda::memory_cached, "Bytes of freed device memory kept for reuse.");
+    m.def("empty_cache", &cuda::empty_cache, py::call_guard<py::gil_scoped_release>(),
+          "Return cached device memory to the driver.");
+    m.def(
+        "add",
+        [](py::object out, py::object x) {
+            auto o = out_t(out, "add", "out");
+            auto xv = in_t(x, "add", "x");
+            py::gil_scoped_release nogil;
+            cuda::add_(o, xv);
+        },
+        py::arg("out"), py::arg("x"), "add(out[...] f32, x[...] f32): out += x (the model loop's residual add).");
+    m.def(
+        "time_ms",
+        [](const std::function<void()>& fn, int warmup, int reps, bool flush_l2) {
+            return cuda::time_ms(fn, warmup, reps, flush_l2);
+        },
+        py::arg("fn"), py::arg("warmup") = 2, py::arg("reps") = 10, py::arg("flush_l2") = true,
+        "GPU milliseconds of each of `reps` calls of fn() (cudaEvent pairs), after `warmup` calls; with\n"
+        "flush_l2 a buffer of twice the L2 size is overwritten before each timed call.");
+    register_tensor(m);
+    register_ops(m);
 #else
     auto unavailable = [](py::args, py::kwargs) -> py::object {
         py::object cls = py::reinterpret_borrow<py::object>(PyExc_RuntimeError);
@@ -49,7 +496,12 @@ void register_cuda(py::module_& m) {
         PyErr_SetString(cls.ptr(), "lfm2engine was built without CUDA");
         throw py::error_already_set();
     };
-    for (const char* name : {"device_count", "device_info", "runtime_version", "driver_version", "selftest"})
+    for (const char* name : {"device_count", "device_info", "runtime_version", "driver_version", "selftest",
+                             "synchronize", "memory_allocated", "memory_cached", "empty_cache", "add", "time_ms",
+                             "Tensor", "Graph"})
+        m.def(name, unavailable, "Unavailable: lfm2engine was built without CUDA.");
+    for (const char* name : {"gemm", "embedding", "rmsnorm", "rope", "kv_write", "attention", "shortconv", "swiglu",
+                             "moe_route", "moe_expert_rows", "moe_experts", "argmax", "convert"})
         m.def(name, unavailable, "Unavailable: lfm2engine was built without CUDA.");
 #endif
 }

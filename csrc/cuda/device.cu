@@ -1,7 +1,7 @@
-// Device queries and a smoke-test kernel for the CUDA backend: the first real .cu file, so the
-// build, the fat binary (CMAKE_CUDA_ARCHITECTURES) and the runtime link are exercised on every
-// machine with nvcc. Not here: the ops (a later issue adds csrc/cuda/<op>.cu with the CPU
-// signatures). Import must work without a GPU: nothing here runs at load time.
+// Device queries and a smoke-test kernel for the CUDA backend, so the build, the fat binary
+// (CMAKE_CUDA_ARCHITECTURES) and the runtime link are exercised on every machine with nvcc.
+// Not here: the ops (csrc/cuda/<op>.cu, declared in ops.h) and the runtime (tensor.cu).
+// Import must work without a GPU: nothing here runs at load time.
 #include <cmath>
 #include <vector>
 
@@ -40,6 +40,18 @@ DeviceInfo device_info(int device) {
     info.minor = p.minor;
     info.multiprocessors = p.multiProcessorCount;
     info.total_memory = p.totalGlobalMem;
+    auto attr = [device](cudaDeviceAttr a) {
+        int v = 0;
+        if (cudaDeviceGetAttribute(&v, a, device) != cudaSuccess) {
+            (void)cudaGetLastError();
+            v = 0;
+        }
+        return v;
+    };
+    info.l2_cache = attr(cudaDevAttrL2CacheSize);
+    info.clock_khz = attr(cudaDevAttrClockRate);
+    info.memory_clock_khz = attr(cudaDevAttrMemoryClockRate);
+    info.memory_bus_width = attr(cudaDevAttrGlobalMemoryBusWidth);
     return info;
 }
 

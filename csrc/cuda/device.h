@@ -12,6 +12,10 @@ struct DeviceInfo {
     int major = 0, minor = 0;  // compute capability
     int multiprocessors = 0;
     size_t total_memory = 0;  // bytes
+    int l2_cache = 0;          // bytes
+    int clock_khz = 0;         // peak SM clock, 0 if the driver does not report it
+    int memory_clock_khz = 0;  // peak memory clock, 0 if not reported
+    int memory_bus_width = 0;  // bits
 };
 
 // Number of usable GPUs; 0 (no exception) when there is no GPU or no driver.

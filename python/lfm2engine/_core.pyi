@@ -104,7 +104,59 @@ class cpu:
         """Elementwise conversion between float32, bfloat16 bits (uint16) and float16."""
 
 class cuda:
-    """Submodule _core.cuda. Without CUDA compiled in, every function raises RuntimeError."""
+    """Submodule _core.cuda: the CUDA backend (csrc/cuda). Every op of _core.cpu exists here with
+    the same name and argument order, taking cuda.Tensor arguments (None for optional ones) and
+    returning at once; Tensor.to_numpy() and synchronize() wait. Bad indices found on the GPU raise
+    IndexError at that next synchronization. Without CUDA compiled in, every name raises
+    lfm2engine.errors.BackendError (a RuntimeError)."""
+
+    class Tensor:
+        """A C-contiguous array in GPU memory: float32, float16, bfloat16, int32 or uint8.
+        Views (reshape, t[i], t[a:b] along dimension 0) share memory."""
+
+        shape: tuple[int, ...]
+        dtype: str  # "float32" | "float16" | "bfloat16" | "int32" | "uint8"
+        ndim: int
+        nbytes: int
+        data_ptr: int
+
+        @staticmethod
+        def from_numpy(array: np.ndarray) -> "cuda.Tensor":
+            """A device copy of `array` (uint16 = bf16 bits, bool = uint8); dtype kept."""
+
+        @staticmethod
+        def empty(shape: int | tuple[int, ...], dtype: str | np.dtype = "float32") -> "cuda.Tensor":
+            """Uninitialized device tensor."""
+
+        @staticmethod
+        def zeros(shape: int | tuple[int, ...], dtype: str | np.dtype = "float32") -> "cuda.Tensor":
+            """Zero-filled device tensor."""
+
+        def to_numpy(self) -> np.ndarray:
+            """Host copy (waits; raises pending device-side IndexError)."""
+
+        def copy_(self, src: "np.ndarray | cuda.Tensor") -> "cuda.Tensor":
+            """Overwrite with an array / tensor of the same shape and dtype."""
+
+        def zero_(self) -> "cuda.Tensor":
+            """Fill with zeros."""
+
+        def reshape(self, *shape: int) -> "cuda.Tensor":
+            """A view with another shape (one -1 inferred)."""
+
+        def numel(self) -> int: ...
+        def __len__(self) -> int: ...
+        def __getitem__(self, key: int | slice) -> "cuda.Tensor": ...
+        def __setitem__(self, key: int | slice, value: "np.ndarray | cuda.Tensor | int") -> None: ...
+
+    class Graph:
+        """CUDA Graph capture of op calls: begin(), ops (recorded, not run), end(); replay()."""
+
+        ready: bool
+
+        def begin(self) -> None: ...
+        def end(self) -> None: ...
+        def replay(self) -> None: ...
 
     @staticmethod
     def device_count() -> int:
@@ -112,7 +164,8 @@ class cuda:
 
     @staticmethod
     def device_info(device: int = 0) -> dict:
-        """name, compute_capability, multiprocessors, total_memory of one GPU."""
+        """name, compute_capability, multiprocessors, total_memory, l2_cache, clock_khz,
+        memory_clock_khz, memory_bus_width of one GPU."""
 
     @staticmethod
     def runtime_version() -> int:
@@ -125,3 +178,85 @@ class cuda:
     @staticmethod
     def selftest(device: int = 0, n: int = 1048576) -> float:
         """Runs an axpy kernel on the GPU; returns the max abs error vs the host (0.0)."""
+
+    @staticmethod
+    def synchronize() -> None:
+        """Wait for queued GPU work; raise a pending device-side index error."""
+
+    @staticmethod
+    def memory_allocated() -> int:
+        """Bytes of device memory held by live tensors."""
+
+    @staticmethod
+    def memory_cached() -> int:
+        """Bytes of freed device memory kept for reuse."""
+
+    @staticmethod
+    def empty_cache() -> None:
+        """Return cached device memory to the driver."""
+
+    @staticmethod
+    def add(out: "cuda.Tensor", x: "cuda.Tensor") -> None:
+        """out += x (float32, same shape)."""
+
+    @staticmethod
+    def time_ms(fn, warmup: int = 2, reps: int = 10, flush_l2: bool = True) -> list[float]:
+        """GPU milliseconds of each timed call of fn() (cudaEvent pairs; optional L2 flush)."""
+
+    @staticmethod
+    def gemm(out: "cuda.Tensor", x: "cuda.Tensor", w: "cuda.Tensor") -> None:
+        """out[T, N] = x[T, K] @ w[N, K].T; f16 w -> Tensor Cores (x rounded to f16), fp32 accumulation."""
+
+    @staticmethod
+    def embedding(out: "cuda.Tensor", table: "cuda.Tensor", ids: "cuda.Tensor") -> None:
+        """out[T, D] = table[V, D][ids[T]]."""
+
+    @staticmethod
+    def rmsnorm(out: "cuda.Tensor", x: "cuda.Tensor", w: "cuda.Tensor", eps: float) -> None:
+        """out[R, D] = w[D] * x / sqrt(mean(x^2) + eps); out may be x."""
+
+    @staticmethod
+    def rope(x: "cuda.Tensor", positions: "cuda.Tensor", theta: float) -> None:
+        """In place NeoX RoPE of x[T, H, Dh] at positions[T]."""
+
+    @staticmethod
+    def kv_write(k_cache: "cuda.Tensor", v_cache: "cuda.Tensor", k: "cuda.Tensor", v: "cuda.Tensor",
+                 seq: "cuda.Tensor", pos: "cuda.Tensor") -> None:
+        """cache[B, Hkv, Smax, Dh][seq[t], :, pos[t]] = k[T, Hkv, Dh][t] (and v)."""
+
+    @staticmethod
+    def attention(out: "cuda.Tensor", q: "cuda.Tensor", k_cache: "cuda.Tensor", v_cache: "cuda.Tensor",
+                  seq: "cuda.Tensor", pos: "cuda.Tensor", mask: "cuda.Tensor | None" = None) -> None:
+        """out[T, H, Dh]: flash-style causal (or masked) GQA attention over the cache; H/Hkv <= 32."""
+
+    @staticmethod
+    def shortconv(out: "cuda.Tensor", bcx: "cuda.Tensor", conv_w: "cuda.Tensor", state: "cuda.Tensor",
+                  seq: "cuda.Tensor", u_out: "cuda.Tensor | None" = None) -> None:
+        """out[T, D] = C * conv_L(B * x); state[B, L-1, D] updated in place."""
+
+    @staticmethod
+    def swiglu(out: "cuda.Tensor", gu: "cuda.Tensor") -> None:
+        """out[T, F] = silu(gu[T, 2F][:, :F]) * gu[:, F:]."""
+
+    @staticmethod
+    def moe_route(ids_out: "cuda.Tensor", w_out: "cuda.Tensor", logits: "cuda.Tensor",
+                  bias: "cuda.Tensor | None", norm_topk: bool, scale: float) -> None:
+        """Sigmoid top-K router: ids_out[T, K], w_out[T, K] from logits[T, E], bias[E]."""
+
+    @staticmethod
+    def moe_expert_rows(out: "cuda.Tensor", x: "cuda.Tensor", eids: "cuda.Tensor", w13: "cuda.Tensor",
+                        w2: "cuda.Tensor") -> None:
+        """out[N, D] = expert_{eids[n]}(x[n]) unweighted (0 where eids < 0)."""
+
+    @staticmethod
+    def moe_experts(out: "cuda.Tensor", x: "cuda.Tensor", ids: "cuda.Tensor", w: "cuda.Tensor",
+                    w13: "cuda.Tensor", w2: "cuda.Tensor") -> None:
+        """out[T, D] = sum_j w[t, j] * expert_{ids[t, j]}(x[t]) in slot order."""
+
+    @staticmethod
+    def argmax(out: "cuda.Tensor", logits: "cuda.Tensor") -> None:
+        """out[T] = first index of the maximum of logits[T, V][t] (NaN wins)."""
+
+    @staticmethod
+    def convert(out: "cuda.Tensor", x: "cuda.Tensor") -> None:
+        """Elementwise conversion between float32, bfloat16 and float16."""

@@ -136,8 +136,9 @@ class Engine:
             raise InputError(f"dtype {dtype!r} is not supported; choose from {', '.join(DTYPES)}")
         if device != "cpu":
             if device == "cuda":
-                raise BackendError("device='cuda': the CUDA model path is not built yet (see the CUDA backend issue); "
-                                   "use device='cpu'")
+                from .cuda_model import from_pretrained as cuda_from_pretrained
+
+                return cuda_from_pretrained(path, dtype, verbose=verbose)
             raise InputError(f"device {device!r} is not supported; choose 'cpu' or 'cuda'")
         ck = Checkpoint(path)
         core = _core_cpu()

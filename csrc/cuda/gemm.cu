@@ -1,0 +1,99 @@
+// gemm: out[T, N] = x[T, K] · w[N, K]ᵀ on the GPU, the twin of cpu/gemm.cpp. Checks as the CPU
+// op, then picks a kernel kind by weight dtype and shape (gemm.cuh): f16 weights always take the
+// Tensor Core kinds (fp16-rounded activations, fp32 accumulation); f32 / bf16 the CUDA-core kinds.
+// Few rows (decode) -> skinny kinds that stream the weights once at memory bandwidth; many rows
+// -> shared-memory tiled kinds, 128-wide tiles when they still fill the GPU twice over.
+#include <algorithm>
+
+#include "gemm.cuh"
+#include "ops.h"
+
+namespace lfm2::cuda {
+
+int gemm_rows_per_tile(GemmKind k) {
+    switch (k) {
+        case GemmKind::SimtSkinny:
+        case GemmKind::TcSkinny16:
+            return 16;
+        case GemmKind::TcSkinny64:
+        case GemmKind::SimtTile64:
+        case GemmKind::TcTile64:
+            return 64;
+        default:
+            return 128;
+    }
+}
+
+GemmKind choose_gemm(DType wdt, int64_t rows, int64_t N, int64_t problems) {
+    const int64_t want_blocks = 2 * int64_t(multiprocessor_count());
+    const int64_t blocks128 = ceil_div<int64_t>(rows, 128) * ceil_div<int64_t>(N, 128) * problems;
+    if (wdt == DType::F16) {
+        if (rows <= 16) return GemmKind::TcSkinny16;
+        if (rows <= 64) return GemmKind::TcSkinny64;
+        return blocks128 >= want_blocks ? GemmKind::TcTile128 : GemmKind::TcTile64;
+    }
+    if (rows <= 16) return GemmKind::SimtSkinny;
+    return blocks128 >= want_blocks ? GemmKind::SimtTile128 : GemmKind::SimtTile64;
+}
+
+void launch_gemm(GemmKind kind, DType wdt, const GemmProblem& p, int64_t grid_y) {
+    if (p.N <= 0 || grid_y <= 0) return;
+    const bool tc = kind == GemmKind::TcSkinny16 || kind == GemmKind::TcSkinny64 || kind == GemmKind::TcTile64 ||
+                    kind == GemmKind::TcTile128;
+    LFM2_CHECK(!tc || wdt == DType::F16, "gemm", "internal: Tensor Core kind chosen for ", dtype_name(wdt),
+               " weights");
+    constexpr int64_t kMaxGridY = 65535;
+    if (p.sched) {
+        LFM2_CHECK(grid_y <= kMaxGridY, "gemm", "too many expert tiles (", grid_y, ") for one launch");
+        tc ? launch_gemm_tc(kind, p, unsigned(grid_y)) : launch_gemm_simt(kind, wdt, p, unsigned(grid_y));
+        return;
+    }
+    // Plain problem: chunks of at most kMaxGridY tiles of rows.
+    const int64_t bm = gemm_rows_per_tile(kind), chunk_rows = kMaxGridY * bm;
+    for (int64_t m0 = 0; m0 < p.M; m0 += chunk_rows) {
+        GemmProblem q = p;
+        q.x = p.x + m0 * p.ldx;
+        q.out = p.out + m0 * p.ldo;
+        q.M = int(std::min<int64_t>(chunk_rows, p.M - m0));
+        const unsigned gy = unsigned(ceil_div<int64_t>(q.M, bm));
+        tc ? launch_gemm_tc(kind, q, gy) : launch_gemm_simt(kind, wdt, q, gy);
+    }
+}
+
+void gemm(TensorView out, ConstTensorView x, ConstTensorView w) {
+    const char* op = "gemm";
+    expect_dtype(op, "out", out, {DType::F32});
+    expect_dtype(op, "x", x, {DType::F32});
+    expect_dtype(op, "w", w, {DType::F32, DType::BF16, DType::F16});
+    expect_shape(op, "x", x, {-1, -1}, "[T, K]");
+    const int64_t T = x.size(0), K = x.size(1);
+    expect_shape(op, "w", w, {-1, K}, "[N, K] (K from x)");
+    const int64_t N = w.size(0);
+    expect_shape(op, "out", out, {T, N}, "[T, N]");
+    expect_contiguous(op, "out", out);
+    expect_contiguous(op, "x", x);
+    expect_contiguous(op, "w", w);
+    expect_disjoint(op, "out", out, "x", x);
+    expect_disjoint(op, "out", out, "w", w);
+    LFM2_CHECK(T < (int64_t(1) << 31) && N < (int64_t(1) << 31) && K < (int64_t(1) << 31), op,
+               "sizes must fit int32 (T = ", T, ", N = ", N, ", K = ", K, ")");
+    if (T == 0 || N == 0) return;
+    if (K == 0) {
+        CUDA_CHECK(cudaMemsetAsync(out.data, 0, size_t(T * N) * sizeof(float), stream()));
+        return;
+    }
+    GemmProblem p;
+    p.x = x.ptr<float>();
+    p.ldx = K;
+    p.w = w.data;
+    p.ldw = K;
+    p.out = out.ptr<float>();
+    p.ldo = N;
+    p.M = int(T);
+    p.N = int(N);
+    p.K = int(K);
+    const GemmKind kind = choose_gemm(w.dtype, T, N, 1);
+    launch_gemm(kind, w.dtype, p, ceil_div<int64_t>(T, gemm_rows_per_tile(kind)));
+}
+
+}  // namespace lfm2::cuda

@@ -1,0 +1,68 @@
+// rmsnorm: out[R, D] = w ⊙ x / sqrt(mean(x²) + eps) on the GPU, the twin of cpu/rmsnorm.cpp
+// (weight as stored, eps inside the sqrt, x / den then * w as the CPU op). A warp per row when
+// there are many rows (q/k norms: R = T·H), a 256-thread block per row when there are few long
+// rows (decode), so both fill the GPU. out may alias x exactly: every element is read before it
+// is written by the same thread, and the sum is complete before any write.
+#include "common.cuh"
+#include "ops.h"
+
+namespace lfm2::cuda {
+namespace {
+
+template <int TPR>  // threads per row: 32 (a warp) or 256 (a block)
+__global__ void rmsnorm_kernel(float* out, const float* x, const float* __restrict__ w, int64_t R, int64_t D,
+                               float eps) {
+    constexpr int kRowsPerBlock = TPR == 32 ? 8 : 1;  // blockDim = 256
+    __shared__ float part[8];
+    const int sub = threadIdx.x / TPR, lt = threadIdx.x % TPR, lane = threadIdx.x & 31;
+    for (int64_t r0 = int64_t(blockIdx.x) * kRowsPerBlock; r0 < R; r0 += int64_t(gridDim.x) * kRowsPerBlock) {
+        const int64_t r = r0 + sub;
+        const bool live = r < R;
+        const float* xr = x + (live ? r : 0) * D;
+        float ss = 0.0f;
+        if (live)
+            for (int64_t d = lt; d < D; d += TPR) ss = fmaf(xr[d], xr[d], ss);
+        ss = warp_sum(ss);
+        if constexpr (TPR == 256) {
+            if (lane == 0) part[threadIdx.x >> 5] = ss;
+            __syncthreads();
+            ss = 0.0f;
+#pragma unroll
+            for (int i = 0; i < 8; ++i) ss += part[i];
+            __syncthreads();  // part is reused by the next row
+        }
+        if (!live) continue;
+        const float den = sqrtf(ss / float(D) + eps);
+        float* o = out + r * D;
+        for (int64_t d = lt; d < D; d += TPR) o[d] = (xr[d] / den) * w[d];
+    }
+}
+
+}  // namespace
+
+void rmsnorm(TensorView out, ConstTensorView x, ConstTensorView w, float eps) {
+    const char* op = "rmsnorm";
+    expect_dtype(op, "out", out, {DType::F32});
+    expect_dtype(op, "x", x, {DType::F32});
+    expect_dtype(op, "w", w, {DType::F32});
+    expect_shape(op, "x", x, {-1, -1}, "[R, D]");
+    const int64_t R = x.size(0), D = x.size(1);
+    expect_shape(op, "w", w, {D}, "[D]");
+    expect_shape(op, "out", out, {R, D}, "[R, D]");
+    expect_contiguous(op, "out", out);
+    expect_contiguous(op, "x", x);
+    expect_contiguous(op, "w", w);
+    if (out.data != x.data) expect_disjoint(op, "out", out, "x", x);
+    LFM2_CHECK(eps >= 0.0f, op, "eps must be >= 0, got ", eps);
+    if (R == 0 || D == 0) return;
+    const bool few_long_rows = D >= 512 && R < 4 * int64_t(multiprocessor_count());
+    if (few_long_rows)
+        rmsnorm_kernel<256><<<grid_for(R, 1, 65535), 256, 0, stream()>>>(out.ptr<float>(), x.ptr<float>(),
+                                                                          w.ptr<float>(), R, D, eps);
+    else
+        rmsnorm_kernel<32><<<grid_for(R, 8, 65535), 256, 0, stream()>>>(out.ptr<float>(), x.ptr<float>(),
+                                                                         w.ptr<float>(), R, D, eps);
+    LFM2_CUDA_LAUNCH_CHECK();
+}
+
+}  // namespace lfm2::cuda
