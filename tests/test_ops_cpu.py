@@ -124,7 +124,7 @@ def test_stub_lists_every_binding():
             if node.target.id == "__version__" or not node.target.id.startswith("_"):  # _X: type aliases
                 top.add(node.target.id)
         elif isinstance(node, ast.ClassDef) and node.name in ("cpu", "cuda"):
-            sub[node.name] = {n.name for n in node.body if isinstance(n, ast.FunctionDef)}
+            sub[node.name] = {n.name for n in node.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
 
     def public(m):
         return {n for n in dir(m) if not n.startswith("_")}
