@@ -14,12 +14,11 @@ import os
 import sys
 import time
 
-import numpy as np
-
 from . import log
 from .errors import InputError
-from .parallel import check_same_model, gather_rows, get_comm, run_guarded
-from .parallel.plan import batch_slice
+from .parallel import ParallelPlan, check_same_model, run_guarded
+from .parallel import data_parallel as dpl
+from .parallel.comm import node_local
 
 PLANS = ("dp", "ep", "tp")
 
@@ -47,7 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch-size", type=int, default=16, help="prompts per forward call (default 16)")
     ap.add_argument("--threads", type=int, default=None, help="OpenMP threads per rank (default: all cores / ranks)")
     ap.add_argument("--plan", default="dp", choices=PLANS,
-                    help="parallel plan: dp = split samples, ep = shard experts, tp = shard expert FFN width")
+                    help="parallel plan over the MPI ranks: dp = every rank holds the model, samples are split "
+                         "(default: no communication); ep = samples split, experts sharded E/R per rank "
+                         "(all-to-all per MoE layer); tp = every expert's FFN width sharded 1/R per rank "
+                         "(R = 1, 2 or 4). All plans give the same tokens")
     ap.add_argument("--max-new-tokens", type=int, default=16, help="tokens to generate in generation mode")
     ap.add_argument("--prompt", help="prompt text (needs tokenizer.json in the model directory)")
     ap.add_argument("--prompt-ids", help="prompt as comma-separated token ids, e.g. 1,2,3")
@@ -93,17 +95,19 @@ def default_threads(size: int) -> int:
 def load_engine(args, comm, model_dir):
     from .model import Engine
 
-    threads = args.threads or default_threads(comm.Get_size())
+    plan = ParallelPlan(args.plan, comm.Get_size(), comm.Get_rank())  # a bad world size fails before loading
+    threads = args.threads or default_threads(node_local(comm)[1])  # cores shared by this node's ranks
     t0 = time.perf_counter()
     eng = Engine.from_pretrained(model_dir, dtype=args.dtype, device=args.device, num_threads=threads,
                                  verbose=not args.quiet and comm.Get_rank() == 0)
     log.info(f"loaded {model_dir} ({eng.config.model_type}, {eng.config.num_hidden_layers} layers, "
              f"dtype {args.dtype}) in {time.perf_counter() - t0:.2f} s; {comm.Get_size()} rank(s) × {threads} threads")
-    check_same_model(comm, eng.config.fingerprint(), eng.fingerprint)
-    if args.plan != "dp" and comm.Get_size() > 1:
+    check_same_model(comm, eng.config.fingerprint(), eng.fingerprint, args.plan)
+    eng.parallel_plan = plan
+    if args.plan != "dp":  # also on 1 rank: tp's canonical slice sums give the same bits at 1, 2 and 4 ranks
         from .parallel import executors
 
-        executors.install(eng, args.plan, comm)
+        executors.install(eng, plan, comm)
     return eng
 
 
@@ -135,28 +139,19 @@ def run_workload(args, comm, eng, model_dir) -> dict:
                              f"{eng.config.vocab_size} for this workload and model")
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, found {args.batch_size}")
-    start, stop = batch_slice(n, size, rank) if args.plan == "dp" else (0, n)
-    mine = ids[start:stop]
+    plan = eng.parallel_plan  # dp/ep: this rank's share of the samples; tp: all of them
 
-    def run_all():
-        out = np.empty((len(mine), eng.config.vocab_size), np.float32)
-        for b in range(0, len(mine), args.batch_size):
-            out[b : b + args.batch_size] = eng.logits(list(mine[b : b + args.batch_size]))
-        return out
+    def run_all():  # every rank makes plan.num_passes() forward passes (EP meets in each MoE layer)
+        return dpl.local_logits(eng, plan, ids, args.batch_size)
 
     for _ in range(args.warmup):
-        if len(mine):
-            run_all()
+        run_all()
     comm.Barrier()
     t0 = time.perf_counter()
-    local = run_all() if len(mine) else np.empty((0, eng.config.vocab_size), np.float32)
+    local = run_all()
     comm.Barrier()
     elapsed = time.perf_counter() - t0
-    if args.plan == "dp":
-        counts = [batch_slice(n, size, r)[1] - batch_slice(n, size, r)[0] for r in range(size)]
-        logits = gather_rows(comm, local, counts)
-    else:
-        logits = local if rank == 0 else None
+    logits = dpl.gather_logits(comm, plan, local, n)
     summary = {"mode": "workload", "model": model_dir, "dtype": args.dtype, "plan": args.plan, "ranks": size,
                "samples": n, "seq_len": int(ids.shape[1]), "seconds": elapsed,
                "samples_per_s": n / elapsed, "prompt_tokens_per_s": n * ids.shape[1] / elapsed}
@@ -205,11 +200,11 @@ def run_generation(args, comm, eng, model_dir) -> dict:
             t_first[0] = time.perf_counter()
         steps["n"] = step
 
-    if rank == 0 or args.plan != "dp":
-        out = eng.generate([prompt], args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                           top_p=args.top_p, seed=args.seed, stop_at_eos=args.stop_at_eos, on_step=on_step)[0]
-    else:
-        out = []
+    # dp: rank 0 runs the prompt; ep: rank 0 runs it, the others serve their experts; tp: all run it
+    res = dpl.plan_generate(eng, eng.parallel_plan, comm, [prompt], args.max_new_tokens, on_step=on_step,
+                            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                            stop_at_eos=args.stop_at_eos)
+    out = res[0] if rank == 0 else []
     elapsed = time.perf_counter() - t0
     comm.Barrier()
     summary = {"mode": "generate", "model": model_dir, "dtype": args.dtype, "plan": args.plan, "ranks": size,

@@ -3,6 +3,10 @@
 MPI is used only when the process was started by an MPI launcher (or LFM2_MPI=1); a plain
 `python -m ...` runs as a world of one without importing mpi4py. Any exception on any rank
 prints `[rank r/R] Type: message` and aborts the whole job (no hangs in collectives).
+The helpers below are the only places that call collectives on the hot path: capitalized
+(buffer) methods on contiguous NumPy arrays, with the message specs `[buf, (counts, displs)]`
+that both mpi4py and the simulator's ThreadComm (simulate.py) accept; a world of one never
+touches MPI. Pickled (lowercase) collectives are used at start-up only.
 """
 
 from __future__ import annotations
@@ -81,28 +85,92 @@ def run_guarded(main, comm=None) -> int:
     return code
 
 
-def check_same_model(comm, config_fp: str, ckpt_fp: str) -> None:
-    """Every rank must have loaded the same config and checkpoint."""
-    got = comm.allgather((config_fp, ckpt_fp))
-    if len(set(got)) != 1:
-        detail = ", ".join(f"rank {r}: config {c} checkpoint {k}" for r, (c, k) in enumerate(got))
-        raise ParallelError(f"ranks loaded different models ({detail}); every rank must read the same checkpoint")
+def node_local(comm) -> tuple[int, int]:
+    """(rank within this node, ranks on this node), from an MPI shared-memory split: picks a GPU
+    per rank (one rank per GPU) and the default thread count per rank. Collective."""
+    if comm.Get_size() == 1:
+        return 0, 1
+    from mpi4py import MPI
+
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.Get_rank())
+    try:
+        return node.Get_rank(), node.Get_size()
+    finally:
+        node.Free()
+
+
+def check_same_model(comm, config_fp: str, ckpt_fp: str, plan: str = "") -> None:
+    """Start-up check: every rank loaded the same config and checkpoint and runs the same plan."""
+    got = comm.allgather((config_fp, ckpt_fp, plan))
+    for k, what in enumerate(("config", "checkpoint", "parallel plan")):
+        vals = [g[k] for g in got]
+        if len(set(vals)) != 1:
+            detail = ", ".join(f"rank {r}: {v}" for r, v in enumerate(vals))
+            raise ParallelError(f"ranks loaded different models: {what} differs ({detail}); every rank must read "
+                                "the same config.json and checkpoint and get the same --plan")
+
+
+def _displs(counts) -> list[int]:
+    out, acc = [], 0
+    for c in counts:
+        out.append(acc)
+        acc += int(c)
+    return out
 
 
 def gather_rows(comm, local: np.ndarray, counts: list[int], root: int = 0) -> np.ndarray | None:
-    """Gatherv of row blocks [n_r, C] (rank order) to root -> [sum n_r, C] on root, None elsewhere."""
+    """Gatherv of row blocks [n_r, C...] (rank order) to root -> [sum n_r, C...] on root, None elsewhere."""
     if comm.Get_size() == 1:
         return local
-    from mpi4py import MPI
-
     local = np.ascontiguousarray(local)
-    cols = int(np.prod(local.shape[1:])) if local.ndim > 1 else 1
+    row = int(np.prod(local.shape[1:], dtype=np.int64))
     out = None
     if comm.Get_rank() == root:
         out = np.empty((sum(counts),) + local.shape[1:], local.dtype)
-        sizes = [c * cols for c in counts]
-        displs = np.concatenate([[0], np.cumsum(sizes)[:-1]]).tolist()
-        comm.Gatherv(local, [out, sizes, displs, MPI._typedict[local.dtype.char]], root=root)
+        sizes = [int(c) * row for c in counts]
+        comm.Gatherv(local, [out, (sizes, _displs(sizes))], root=root)
     else:
         comm.Gatherv(local, None, root=root)
     return out
+
+
+def alltoall_counts(comm, send: np.ndarray) -> np.ndarray:
+    """Alltoall of a count matrix: send [R, C] int32, row r goes to rank r -> recv [R, C], row r
+    came from rank r."""
+    send = np.ascontiguousarray(send, dtype=np.int32)
+    if comm.Get_size() == 1:
+        return send.copy()
+    recv = np.empty_like(send)
+    comm.Alltoall(send, recv)
+    return recv
+
+
+def alltoallv_rows(comm, send: np.ndarray, send_rows, recv_rows) -> np.ndarray:
+    """Alltoallv of row blocks: send [sum send_rows, C] grouped by destination rank (send_rows[r]
+    rows for rank r) -> [sum recv_rows, C] grouped by source rank."""
+    send = np.ascontiguousarray(send)
+    if comm.Get_size() == 1:
+        return send.copy()
+    row = int(np.prod(send.shape[1:], dtype=np.int64))
+    recv = np.empty((int(np.sum(recv_rows)),) + send.shape[1:], send.dtype)
+    sc = [int(c) * row for c in send_rows]
+    rc = [int(c) * row for c in recv_rows]
+    comm.Alltoallv([send, (sc, _displs(sc))], [recv, (rc, _displs(rc))])
+    return recv
+
+
+def allgather_rows(comm, local: np.ndarray) -> np.ndarray:
+    """Allgather of equal blocks: local [n, C...] -> [R, n, C...] in rank order."""
+    local = np.ascontiguousarray(local)
+    if comm.Get_size() == 1:
+        return local[None].copy()
+    out = np.empty((comm.Get_size(),) + local.shape, local.dtype)
+    comm.Allgather(local, out)
+    return out
+
+
+def allreduce_max(comm, value: int) -> int:
+    """Largest of one integer over all ranks (a tiny buffer Allgather, no MPI.Op needed)."""
+    if comm.Get_size() == 1:
+        return int(value)
+    return int(allgather_rows(comm, np.array([value], np.int64)).max())
