@@ -19,7 +19,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import bandwidth_roof, print_table, timeit, write_json  # noqa: E402
+from common import bandwidth_roofs, print_table, timeit, write_json  # noqa: E402
 
 
 def active_weight_bytes(cfg, dtype_bytes: int, batch: int) -> float:
@@ -45,7 +45,7 @@ def main(argv=None):
     ap.add_argument("--model", default=None)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--prompt-len", type=int, default=64)
-    ap.add_argument("--decode-steps", type=int, default=16)
+    ap.add_argument("--decode-steps", type=int, default=32)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--no-torch", action="store_true", help="skip the transformers baseline")
     ap.add_argument("--json", default="analysis/out/bench_model.json")
@@ -72,8 +72,10 @@ def main(argv=None):
                                                            **kw).eval()
         hf["default"] = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
 
-    bw = bandwidth_roof()
-    print(f"memory bandwidth roof (triad, this run): {bw:.1f} GB/s", file=sys.stderr)
+    roofs = bandwidth_roofs()
+    bw = roofs["dram"]
+    print(f"bandwidth roofs (triad, this run): DRAM {bw:.1f} GB/s, cache-resident {roofs['cache']:.1f} GB/s",
+          file=sys.stderr)
 
     for batch in (1, 16):
         prompts = rng.integers(2, cfg.vocab_size, size=(batch, a.prompt_len))
@@ -146,10 +148,16 @@ def main(argv=None):
                     gbps = active_weight_bytes(cfg, 4 if dt == "float32" else 2, 1) * ours / 1e9
                     r["GB/s"] = gbps
                     r["%_bw_roof"] = 100 * gbps / bw
+                    r["%_bw_cache"] = 100 * gbps / roofs["cache"]
+                if dt == "bfloat16":
+                    r["x_vs_our_fp32"] = ours / results[f"{phase}_b{batch}_float32"]
                 rows.append(r)
-    print_table(rows[len(results):], ["case", "tokens_per_s", "x_vs_hf_default", "x_vs_hf_eager", "GB/s", "%_bw_roof"])
-    write_json(a.json, {"model": model, "threads": a.threads, "bandwidth_roof_GBps": bw, "results": results,
-                        "summary": rows[len(results):]})
+    print_table(rows[len(results):], ["case", "tokens_per_s", "x_vs_hf_default", "x_vs_hf_eager", "x_vs_our_fp32",
+                                      "GB/s", "%_bw_roof", "%_bw_cache"])
+    write_json(a.json, {"model": model, "threads": a.threads, "bandwidth_roof_GBps": bw, "roofs_GBps": roofs,
+                        "weight_bytes_decode_b1": {"float32": active_weight_bytes(cfg, 4, 1),
+                                                   "bfloat16": active_weight_bytes(cfg, 2, 1)},
+                        "results": results, "summary": rows[len(results):]})
 
 
 if __name__ == "__main__":

@@ -214,6 +214,20 @@ def test_gemm_row_batch_invariance(level, wdtype, k, rng):
         assert np.array_equal(again, full), f"{nt} threads differ"
 
 
+def test_gemm_column_invariance(level, rng):
+    """An output column is the same whatever N: full register tiles (4-way reduction) and the
+    column tail (single reduction) must sum in the same order."""
+    m, k = 5, 100
+    x = rand(rng, m, k)
+    w = rand(rng, 9, k)
+    full = np.empty((m, 9), np.float32)
+    cpu.gemm(full, x, w)
+    for n in range(1, 9):
+        part = np.empty((m, n), np.float32)
+        cpu.gemm(part, x, np.ascontiguousarray(w[:n]))
+        assert np.array_equal(part, full[:, :n]), f"N={n} differs"
+
+
 # ----------------------------------------------------------------------------- embedding
 
 

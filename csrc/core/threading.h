@@ -10,6 +10,7 @@
 #include <atomic>
 #include <climits>
 #include <cstdint>
+#include <cstdlib>
 
 namespace lfm2 {
 
@@ -31,7 +32,17 @@ inline void set_num_threads(int n) {
 // Below this many inner-loop operations (multiply-adds, elements) a loop runs on the calling
 // thread: waking a team costs microseconds, and on an oversubscribed machine a descheduled team
 // member stalls the closing barrier for a whole time slice. Every real-model GEMM is above it.
+// LFM2_MIN_PARALLEL_WORK (read once) overrides it, for tuning on a given machine.
 constexpr int64_t kMinParallelWork = int64_t(1) << 20;
+
+inline int64_t min_parallel_work() {
+    static const int64_t v = [] {
+        const char* e = std::getenv("LFM2_MIN_PARALLEL_WORK");
+        long long n = e && *e ? std::atoll(e) : 0;
+        return n > 0 ? int64_t(n) : kMinParallelWork;
+    }();
+    return v;
+}
 
 // f(i) for i in [0, n), items spread dynamically over the threads. Runs inline when n < 2, one
 // thread is configured, the caller is already inside a parallel region, or `work` (the loop's
@@ -40,7 +51,7 @@ template <class F>
 void parallel_for(int64_t n, F&& f, int64_t work = INT64_MAX) {
     int nt = num_threads();
     if (nt > n) nt = int(n);
-    if (nt <= 1 || work < kMinParallelWork || omp_in_parallel()) {
+    if (nt <= 1 || work < min_parallel_work() || omp_in_parallel()) {
         for (int64_t i = 0; i < n; ++i) f(i);
         return;
     }

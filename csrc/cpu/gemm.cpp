@@ -59,8 +59,12 @@ LFM2_KERNEL void dot_tile(const float* x, int64_t ldx, const WT* w, int64_t ldw,
             for (int i = 0; i < MR; ++i) acc[i][j] = S::fmadd(xv[i], wv, acc[i][j]);
         }
     }
-    for (int i = 0; i < MR; ++i)
-        for (int j = 0; j < NR; ++j) out[i * ldo + j] = S::hsum(acc[i][j]);
+    if constexpr (NR == 4) {
+        for (int i = 0; i < MR; ++i) S::hsum4(acc[i][0], acc[i][1], acc[i][2], acc[i][3], out + i * ldo);
+    } else {
+        for (int i = 0; i < MR; ++i)
+            for (int j = 0; j < NR; ++j) out[i * ldo + j] = S::hsum(acc[i][j]);
+    }
 }
 
 // Rows [m, m + MR) against weight rows [n0, n1).

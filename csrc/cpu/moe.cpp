@@ -66,18 +66,35 @@ void expert_rows(Isa isa, const float* x, const int64_t* src, const int32_t* eid
             std::memset(out + n * D, 0, sizeof(float) * size_t(D));
     }
     // After this: order[start[e] .. start[e+1]) = rows of expert e, ascending.
-    std::vector<float> xg(static_cast<size_t>(max_rows * D)), h(static_cast<size_t>(max_rows * 2 * Fe)),
-        a(static_cast<size_t>(max_rows * Fe)), y(size_t(max_rows * D));
+    // Experts run in parallel (their GEMMs then run inline on one thread each); every expert
+    // has its own slice of the scratch, at row offset start[e]. A row's value does not depend on
+    // which thread ran its expert (gemm and swiglu are thread-invariant).
+    const int64_t rows = start[size_t(E)];
+    std::vector<float> xg(static_cast<size_t>(rows * D)), h(static_cast<size_t>(rows * 2 * Fe)),
+        a(static_cast<size_t>(rows * Fe)), y(size_t(rows * D));
     const size_t row_bytes = sizeof(float) * size_t(D);
-    for (int64_t e = 0; e < E; ++e) {
+    std::vector<int32_t> used;
+    for (int64_t e = 0; e < E; ++e)
+        if (start[size_t(e + 1)] > start[size_t(e)]) used.push_back(int32_t(e));
+    // Few experts with many rows each: parallel inside each expert's GEMMs instead.
+    const bool per_expert = int64_t(used.size()) >= 2 * int64_t(num_threads()) || max_rows * 4 <= rows;
+    auto run_expert = [&](int64_t e) {
         const int64_t r0 = start[size_t(e)], ne = start[size_t(e + 1)] - r0;
-        if (ne == 0) continue;
-        for (int64_t i = 0; i < ne; ++i) std::memcpy(xg.data() + i * D, x + src[order[size_t(r0 + i)]] * D, row_bytes);
-        gemm_raw(isa, xg.data(), D, ew.w13 + e * ew.bytes13, ew.dt13, D, h.data(), 2 * Fe, ne, 2 * Fe, D);
-        swiglu_raw(isa, a.data(), Fe, h.data(), 2 * Fe, ne, Fe);
-        gemm_raw(isa, a.data(), Fe, ew.w2 + e * ew.bytes2, ew.dt2, Fe, y.data(), D, ne, D, Fe);
-        for (int64_t i = 0; i < ne; ++i) std::memcpy(out + order[size_t(r0 + i)] * D, y.data() + i * D, row_bytes);
-    }
+        float* xe = xg.data() + r0 * D;
+        float* he = h.data() + r0 * 2 * Fe;
+        float* ae = a.data() + r0 * Fe;
+        float* ye = y.data() + r0 * D;
+        for (int64_t i = 0; i < ne; ++i) std::memcpy(xe + i * D, x + src[order[size_t(r0 + i)]] * D, row_bytes);
+        gemm_raw(isa, xe, D, ew.w13 + e * ew.bytes13, ew.dt13, D, he, 2 * Fe, ne, 2 * Fe, D);
+        swiglu_raw(isa, ae, Fe, he, 2 * Fe, ne, Fe);
+        gemm_raw(isa, ae, Fe, ew.w2 + e * ew.bytes2, ew.dt2, Fe, ye, D, ne, D, Fe);
+        for (int64_t i = 0; i < ne; ++i) std::memcpy(out + order[size_t(r0 + i)] * D, ye + i * D, row_bytes);
+    };
+    if (per_expert)
+        parallel_for(
+            int64_t(used.size()), [&](int64_t j) { run_expert(used[size_t(j)]); }, rows * 3 * Fe * D);
+    else
+        for (int32_t e : used) run_expert(e);
 }
 
 }  // namespace

@@ -74,6 +74,13 @@ struct Scalar {
     static inline F max(F a, F b) { return a > b ? a : b; }
     static inline F fmadd(F a, F b, F c) { return a * b + c; }
     static inline float hsum(F v) { return v; }
+    // out[j] = hsum(v_j), bit for bit (the same tree per vector).
+    static inline void hsum4(F a, F b, F c, F d, float* out) {
+        out[0] = a;
+        out[1] = b;
+        out[2] = c;
+        out[3] = d;
+    }
     static inline float hmax(F v) { return v; }
     static inline F exp(F v) { return std::exp(v); }
     // Lane bitmasks (bit i = lane i).
@@ -127,6 +134,12 @@ struct Avx2 {
         s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 0x55));
         return _mm_cvtss_f32(s);
+    }
+    LFM2_TARGET_AVX2 static inline void hsum4(F a, F b, F c, F d, float* out) {
+        out[0] = hsum(a);
+        out[1] = hsum(b);
+        out[2] = hsum(c);
+        out[3] = hsum(d);
     }
     LFM2_TARGET_AVX2 static inline float hmax(F v) {
         __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -205,6 +218,17 @@ struct Avx512 {
         __m256 lo = _mm512_castps512_ps256(v);
         __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
         return Avx2::hsum(_mm256_add_ps(lo, hi));
+    }
+    // Four hsums at once, each with hsum's exact tree: r = (b0 + b2) + (b1 + b3) where
+    // b_i = a_i + a_{i+4}, a_i = v_i + v_{i+8} (additions pair the same lanes; + is commutative).
+    LFM2_TARGET_AVX512 static inline void hsum4(F v0, F v1, F v2, F v3, float* out) {
+        F t01 = _mm512_add_ps(_mm512_shuffle_f32x4(v0, v1, 0x44), _mm512_shuffle_f32x4(v0, v1, 0xEE));  // a of v0 | v1
+        F t23 = _mm512_add_ps(_mm512_shuffle_f32x4(v2, v3, 0x44), _mm512_shuffle_f32x4(v2, v3, 0xEE));
+        F u = _mm512_add_ps(_mm512_shuffle_f32x4(t01, t23, 0x88), _mm512_shuffle_f32x4(t01, t23, 0xDD));  // b per block
+        F w = _mm512_add_ps(u, _mm512_permute_ps(u, 0x4E));  // [b0+b2, b1+b3, ..] per block
+        F r = _mm512_add_ps(w, _mm512_permute_ps(w, 0xB1));  // lane 0 of block j: result j
+        __m512 g = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), r);
+        _mm_storeu_ps(out, _mm512_castps512_ps128(g));
     }
     LFM2_TARGET_AVX512 static inline float hmax(F v) {
         __m256 lo = _mm512_castps512_ps256(v);

@@ -103,6 +103,26 @@ class cpu:
     def convert(out: _Weight, x: _Weight) -> None:
         """Elementwise conversion between float32, bfloat16 bits (uint16) and float16."""
 
+    class Model:
+        """The fused single-rank layer loop over a model.Weights object's arrays (no copies);
+        bit-identical to Engine.forward_tokens without trees, masks, skipped layers or a
+        replaced MoE."""
+
+        def __init__(self, config: object, weights: object) -> None: ...
+        def forward(
+            self,
+            ids: _I32,
+            seq: _I32,
+            pos: _I32,
+            k_caches: dict[int, _F32],
+            v_caches: dict[int, _F32],
+            conv_states: dict[int, _F32],
+            u_hist: dict[int, _F32] | None,
+            out_rows: _I32,
+        ) -> _F32:
+            """logits[R, V] of rows out_rows[R] after all layers over ids/seq/pos[T]; caches,
+            conv states and u_hist [T, D] are written in place."""
+
 class cuda:
     """Submodule _core.cuda: the CUDA backend (csrc/cuda). Every op of _core.cpu exists here with
     the same name and argument order, taking cuda.Tensor arguments (None for optional ones) and

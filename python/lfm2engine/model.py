@@ -291,6 +291,12 @@ class Engine:
         rows `out_rows` [R, V]. Tree mode (one sequence): `parents` [T], `rope_pos` [T] and `mask`
         [T, capacity] describe a token tree whose nodes occupy cache slots `pos`."""
         cfg, w, ops = self.config, self.w, self.ops
+        if self.moe_impl == self.local_moe and not self.skip_layers and parents is None and mask is None:
+            # Fused C++ layer loop (bit-identical to the loop below); keyed on the config (derive()).
+            fused = getattr(self, "_fused", None)
+            if fused is None or fused[0] is not cfg:
+                fused = self._fused = (cfg, ops.Model(cfg, w))
+            return fused[1].forward(ids, seq, pos, st.k, st.v, st.conv, u_hist, np.asarray(out_rows, np.int32))
         t_, d = len(ids), cfg.hidden_size
         x = np.empty((t_, d), np.float32)
         ops.embedding(x, w.embed, ids)

@@ -1,0 +1,58 @@
+// The fused single-rank layer loop: the whole LFM2 / LFM2-MoE forward of a flattened ragged batch
+// in C++, with no Python between layers. It composes the public ops of ops.h in exactly the
+// order of python/lfm2engine/model.py::Engine.forward_tokens (embedding; per layer: norm,
+// attention or shortconv, residual, ffn norm, dense or MoE FFN, residual; final norm on the
+// requested rows; tied head), so both paths give bit-identical logits.
+// Not here: token trees, explicit masks, skipped layers or a replaced MoE (the Python path
+// handles them), and weight ownership: views point into memory the caller keeps alive.
+#pragma once
+
+#include <mutex>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace lfm2::cpu {
+
+struct LayerWeightsView {
+    bool attention = false, moe = false, has_expert_bias = false;
+    ConstTensorView op_norm, ffn_norm;          // [D] f32
+    ConstTensorView wqkv, wo, q_norm, k_norm;   // attention: [(H+2Hkv)Dh, D], [D, H Dh], [Dh], [Dh]
+    ConstTensorView in_proj, conv_w, out_proj;  // conv: [3D, D], [D, L] f32, [D, D]
+    ConstTensorView w13, w2;                    // dense: [2F, D], [D, F]
+    ConstTensorView gate, expert_bias;          // MoE router: [E, D] f32, [E] f32
+    ConstTensorView ew13, ew2;                  // MoE experts: [E, 2Fe, D], [E, D, Fe]
+};
+
+struct ModelWeightsView {
+    int64_t D = 0, H = 0, Hkv = 0, Dh = 0, V = 0, K = 0;  // K: experts per token
+    float eps = 1e-5f;
+    double rope_theta = 1e6, routed_scale = 1.0;
+    bool norm_topk = true;
+    ConstTensorView embed, head, final_norm;  // [V, D], [V, D], [D]
+    std::vector<LayerWeightsView> layers;
+};
+
+// Per-layer state views; entries of layers that have none are left empty (data == nullptr).
+struct ModelStateView {
+    std::vector<TensorView> k_cache, v_cache;  // [B, Hkv, Smax, Dh] f32 (attention layers)
+    std::vector<TensorView> conv_state;        // [B, L-1, D] f32 (conv layers)
+    std::vector<TensorView> u_hist;            // [T, D] f32 or empty (conv layers, optional)
+};
+
+class Model {
+public:
+    explicit Model(ModelWeightsView w);
+    // logits[R, V] of rows out_rows[R] i32 after the layer loop over ids, seq, pos [T] i32.
+    void forward(TensorView logits, ConstTensorView ids, ConstTensorView seq, ConstTensorView pos,
+                 const ModelStateView& state, ConstTensorView out_rows);
+    const ModelWeightsView& weights() const { return w_; }
+
+private:
+    ModelWeightsView w_;
+    std::mutex mu_;  // scratch is shared by calls
+    std::vector<float> x_, h_, y_, a_, b_, c_, q_, k_, v_;
+    std::vector<int32_t> ids_;
+};
+
+}  // namespace lfm2::cpu
