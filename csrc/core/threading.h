@@ -35,23 +35,41 @@ inline void set_num_threads(int n) {
 // LFM2_MIN_PARALLEL_WORK (read once) overrides it, for tuning on a given machine.
 constexpr int64_t kMinParallelWork = int64_t(1) << 20;
 
+// Matrix products go parallel from a lower size: a GEMV streams its weights from memory, and one
+// core cannot keep enough cache misses in flight to reach the machine's bandwidth (measured on a
+// 2-core Zen 5 VM: one core ~20 GB/s, two ~40 GB/s), so a decode step's projections (2^16 ..
+// 2^21 multiply-adds each) need both cores. Tiny test models stay below it.
+// LFM2_MIN_PARALLEL_GEMM (read once) overrides it.
+constexpr int64_t kMinParallelGemm = int64_t(1) << 16;
+
+namespace detail {
+inline int64_t env_threshold(const char* name, int64_t fallback) {
+    const char* e = std::getenv(name);
+    long long n = e && *e ? std::atoll(e) : 0;
+    return n > 0 ? int64_t(n) : fallback;
+}
+}  // namespace detail
+
 inline int64_t min_parallel_work() {
-    static const int64_t v = [] {
-        const char* e = std::getenv("LFM2_MIN_PARALLEL_WORK");
-        long long n = e && *e ? std::atoll(e) : 0;
-        return n > 0 ? int64_t(n) : kMinParallelWork;
-    }();
+    static const int64_t v = detail::env_threshold("LFM2_MIN_PARALLEL_WORK", kMinParallelWork);
+    return v;
+}
+
+inline int64_t min_parallel_gemm() {
+    static const int64_t v = detail::env_threshold("LFM2_MIN_PARALLEL_GEMM", kMinParallelGemm);
     return v;
 }
 
 // f(i) for i in [0, n), items spread dynamically over the threads. Runs inline when n < 2, one
 // thread is configured, the caller is already inside a parallel region, or `work` (the loop's
-// estimated operation count; unknown = unlimited) is below kMinParallelWork.
+// estimated operation count; unknown = unlimited) is below `threshold` (default
+// min_parallel_work(); matrix products pass min_parallel_gemm()).
 template <class F>
-void parallel_for(int64_t n, F&& f, int64_t work = INT64_MAX) {
+void parallel_for(int64_t n, F&& f, int64_t work = INT64_MAX, int64_t threshold = -1) {
     int nt = num_threads();
     if (nt > n) nt = int(n);
-    if (nt <= 1 || work < min_parallel_work() || omp_in_parallel()) {
+    if (threshold < 0) threshold = min_parallel_work();
+    if (nt <= 1 || work < threshold || omp_in_parallel()) {
         for (int64_t i = 0; i < n; ++i) f(i);
         return;
     }

@@ -35,7 +35,7 @@ struct Tile<simd::Avx2> {
 };
 
 // out[i, j] (i < MR, j < NR) = dot(x row i, w row j) over the full K.
-template <class S, class WT, int MR, int NR>
+template <class S, class WT, int MR, int NR, bool PF = (MR <= 2 && NR > 1)>
 LFM2_KERNEL void dot_tile(const float* x, int64_t ldx, const WT* w, int64_t ldw, float* out, int64_t ldo, int64_t K) {
     using F = typename S::F;
     F acc[MR][NR];
@@ -46,6 +46,7 @@ LFM2_KERNEL void dot_tile(const float* x, int64_t ldx, const WT* w, int64_t ldw,
         F xv[MR];
         for (int i = 0; i < MR; ++i) xv[i] = S::load(x + i * ldx + k);
         for (int j = 0; j < NR; ++j) {
+            if constexpr (PF) S::prefetch(w + (j + NR) * ldw + k);
             F wv = S::load_w(w + j * ldw + k);
             for (int i = 0; i < MR; ++i) acc[i][j] = S::fmadd(xv[i], wv, acc[i][j]);
         }
@@ -129,7 +130,7 @@ void gemm_typed(Isa isa, const float* x, int64_t ldx, const WT* w, int64_t ldw, 
             int64_t n0 = b * nb, n1 = std::min(N, n0 + nb);
             run_kernel<GemmBlock>(isa, x, ldx, w, ldw, out, ldo, m0, m1, n0, n1, K);
         },
-        M * N * std::max<int64_t>(K, 1));
+        M * N * std::max<int64_t>(K, 1), min_parallel_gemm());
 }
 
 }  // namespace

@@ -92,7 +92,8 @@ void expert_rows(Isa isa, const float* x, const int64_t* src, const int32_t* eid
     };
     if (per_expert)
         parallel_for(
-            int64_t(used.size()), [&](int64_t j) { run_expert(used[size_t(j)]); }, rows * 3 * Fe * D);
+            int64_t(used.size()), [&](int64_t j) { run_expert(used[size_t(j)]); }, rows * 3 * Fe * D,
+            min_parallel_gemm());
     else
         for (int32_t e : used) run_expert(e);
 }

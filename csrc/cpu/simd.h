@@ -52,6 +52,7 @@ struct Scalar {
     static constexpr int W = 1;
     static constexpr const char* name = "scalar";
 
+    static inline void prefetch(const void*) {}
     static inline F zero() { return 0.0f; }
     static inline F set1(float v) { return v; }
     static inline F load(const float* p) { return *p; }
@@ -100,6 +101,7 @@ struct Avx2 {
         const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), idx);
     }
+    LFM2_TARGET_AVX2 static inline void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
     LFM2_TARGET_AVX2 static inline F zero() { return _mm256_setzero_ps(); }
     LFM2_TARGET_AVX2 static inline F set1(float v) { return _mm256_set1_ps(v); }
     LFM2_TARGET_AVX2 static inline F load(const float* p) { return _mm256_loadu_ps(p); }
@@ -181,6 +183,9 @@ struct Avx512 {
     static constexpr const char* name = "avx512";
 
     static inline __mmask16 tail_mask(int n) { return __mmask16((1u << n) - 1u); }
+    LFM2_TARGET_AVX512 static inline void prefetch(const void* p) {
+        _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0);
+    }
     LFM2_TARGET_AVX512 static inline F zero() { return _mm512_setzero_ps(); }
     LFM2_TARGET_AVX512 static inline F set1(float v) { return _mm512_set1_ps(v); }
     LFM2_TARGET_AVX512 static inline F load(const float* p) { return _mm512_loadu_ps(p); }
