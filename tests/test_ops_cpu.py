@@ -136,7 +136,8 @@ def test_stub_lists_every_binding():
 
 # ----------------------------------------------------------------------------- gemm
 
-GEMM_SHAPES = [(1, 1, 1), (1, 7, 5), (3, 17, 33), (13, 31, 47), (2, 16, 16), (5, 9, 100), (31, 45, 129), (1, 64, 2048)]
+GEMM_SHAPES = [(1, 1, 1), (1, 7, 5), (3, 17, 33), (13, 31, 47), (2, 16, 16), (5, 9, 100), (31, 45, 129), (1, 64, 2048),
+               (13, 21, 1037), (8, 12, 1536)]  # the last two: K-blocked tiles
 
 
 @pytest.mark.parametrize("wdtype", WDTYPES)
@@ -188,7 +189,7 @@ def test_gemm_lm_head_real(head_bf16, rng):
 
 
 @pytest.mark.parametrize("wdtype", WDTYPES)
-@pytest.mark.parametrize("k", [100, D])
+@pytest.mark.parametrize("k", [100, D, 1037])  # 1037: K-blocked full tiles (K > 512) with a tail
 def test_gemm_row_batch_invariance(level, wdtype, k, rng):
     m, n = 37, 301
     x = rand(rng, m, k)

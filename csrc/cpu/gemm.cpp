@@ -8,9 +8,12 @@
 // Row-batch invariance, the contract the distributed plans rely on: output element (m, n) is
 // always computed the same way, whatever M, the tile it lands in, or the thread: lane l of its
 // accumulator sums x[m, k]·w[n, k] for k ≡ l (mod W) in increasing k (the K tail zero-padded),
-// then S::hsum's fixed tree reduces the lanes. A faster kernel (packing, K blocking that spills
-// the lane accumulators between K blocks, wider tiles) must keep exactly this order.
+// then S::hsum's fixed tree reduces the lanes. For K > kKBlock the full MR-row tiles run in K blocks
+// (x block packed, lane accumulators spilled between blocks): the same order, the same bits, which
+// tests/test_ops_cpu.py::test_gemm_row_batch_invariance checks (single rows take the unblocked tail).
 #include <algorithm>
+#include <cstring>
+#include <vector>
 
 #include "core/threading.h"
 #include "kernels.h"
@@ -34,13 +37,18 @@ struct Tile<simd::Avx2> {
     static constexpr int MR = 2, NR = 4;
 };
 
-// out[i, j] (i < MR, j < NR) = dot(x row i, w row j) over the full K.
+// out[i, j] (i < MR, j < NR) = dot(x row i, w row j) over k < K. The blocked form runs one K block:
+// x and w point at the block's first column, K is the block's length, and the lane accumulators
+// live in spill (W floats per (i, j)) between blocks: loaded unless `first`, stored unless `last`,
+// where the tile finishes with the usual hsum. Each lane sums the same products in the same
+// increasing-k order as the unblocked tile, so blocking never changes a bit.
 template <class S, class WT, int MR, int NR, bool PF = (MR <= 2 && NR > 1)>
-LFM2_KERNEL void dot_tile(const float* x, int64_t ldx, const WT* w, int64_t ldw, float* out, int64_t ldo, int64_t K) {
+LFM2_KERNEL void dot_tile(const float* x, int64_t ldx, const WT* w, int64_t ldw, float* out, int64_t ldo, int64_t K,
+                          float* spill = nullptr, bool first = true, bool last = true) {
     using F = typename S::F;
     F acc[MR][NR];
     for (int i = 0; i < MR; ++i)
-        for (int j = 0; j < NR; ++j) acc[i][j] = S::zero();
+        for (int j = 0; j < NR; ++j) acc[i][j] = first ? S::zero() : S::load(spill + (i * NR + j) * S::W);
     int64_t k = 0;
     for (; k + S::W <= K; k += S::W) {
         F xv[MR];
@@ -51,7 +59,7 @@ LFM2_KERNEL void dot_tile(const float* x, int64_t ldx, const WT* w, int64_t ldw,
             for (int i = 0; i < MR; ++i) acc[i][j] = S::fmadd(xv[i], wv, acc[i][j]);
         }
     }
-    if (k < K) {  // zero-padded tail: lanes past K add 0·0
+    if (k < K) {  // zero-padded tail (only in the last block): lanes past K add 0·0
         int r = int(K - k);
         F xv[MR];
         for (int i = 0; i < MR; ++i) xv[i] = S::load_partial(x + i * ldx + k, r);
@@ -59,6 +67,11 @@ LFM2_KERNEL void dot_tile(const float* x, int64_t ldx, const WT* w, int64_t ldw,
             F wv = S::load_w_partial(w + j * ldw + k, r);
             for (int i = 0; i < MR; ++i) acc[i][j] = S::fmadd(xv[i], wv, acc[i][j]);
         }
+    }
+    if (!last) {
+        for (int i = 0; i < MR; ++i)
+            for (int j = 0; j < NR; ++j) S::store(spill + (i * NR + j) * S::W, acc[i][j]);
+        return;
     }
     if constexpr (NR == 4) {
         for (int i = 0; i < MR; ++i) S::hsum4(acc[i][0], acc[i][1], acc[i][2], acc[i][3], out + i * ldo);
@@ -68,11 +81,37 @@ LFM2_KERNEL void dot_tile(const float* x, int64_t ldx, const WT* w, int64_t ldw,
     }
 }
 
+// K block of the blocked path (a multiple of every W). The MR × KC block of x is copied to a
+// contiguous buffer (6 × 512 f32 = 12 KiB) that stays in L1 while the panel sweeps the weight
+// block; unblocked, at K = 2048 the x tile alone fills L1, and x rows 8 KiB apart all map to the
+// same L1 sets, so both operands stream from L2.
+constexpr int64_t kKBlock = 512;
+
 // Rows [m, m + MR) against weight rows [n0, n1).
 template <class S, class WT, int MR>
 LFM2_KERNEL void row_panel(const float* x, int64_t ldx, const WT* w, int64_t ldw, float* out, int64_t ldo, int64_t n0,
                            int64_t n1, int64_t K) {
     constexpr int NR = Tile<S>::NR;
+    if (MR >= 4 && K > kKBlock) {  // full tiles of a prefill GEMM: K-blocked, accumulators spilled
+        thread_local std::vector<float> buf;
+        const int64_t slot = int64_t(MR) * NR * S::W;  // floats of one tile's accumulators
+        const int64_t need = MR * kKBlock + (n1 - n0) * slot;
+        if (int64_t(buf.size()) < need) buf.resize(size_t(need));
+        float* xp = buf.data();
+        float* spill = xp + MR * kKBlock;
+        for (int64_t k0 = 0; k0 < K; k0 += kKBlock) {
+            const int64_t kc = std::min(kKBlock, K - k0);
+            const bool first = k0 == 0, last = k0 + kc == K;
+            for (int i = 0; i < MR; ++i) std::memcpy(xp + i * kKBlock, x + i * ldx + k0, sizeof(float) * size_t(kc));
+            int64_t n = n0;
+            float* sp = spill;
+            for (; n + NR <= n1; n += NR, sp += slot)
+                dot_tile<S, WT, MR, NR, true>(xp, kKBlock, w + n * ldw + k0, ldw, out + n, ldo, kc, sp, first, last);
+            for (; n < n1; ++n, sp += slot)
+                dot_tile<S, WT, MR, 1>(xp, kKBlock, w + n * ldw + k0, ldw, out + n, ldo, kc, sp, first, last);
+        }
+        return;
+    }
     int64_t n = n0;
     for (; n + NR <= n1; n += NR) dot_tile<S, WT, MR, NR>(x, ldx, w + n * ldw, ldw, out + n, ldo, K);
     for (; n < n1; ++n) dot_tile<S, WT, MR, 1>(x, ldx, w + n * ldw, ldw, out + n, ldo, K);
