@@ -19,7 +19,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import print_table, timeit, write_json  # noqa: E402
+from common import SETTLE, print_table, timeit, write_json  # noqa: E402
 
 
 def main(argv=None):
@@ -105,7 +105,7 @@ def main(argv=None):
         for name, fn in blocks.items():
             if ctx == 1024 and name != "attention":
                 continue
-            tm = timeit(fn, repeat=a.repeat, min_time=0.02)["median"]
+            tm = timeit(fn, repeat=a.repeat, min_time=0.02, settle=SETTLE)["median"]
             r = {
                 "shape": label,
                 "block": name,
@@ -126,7 +126,7 @@ def main(argv=None):
                     with torch.no_grad():
                         mod(ht)
 
-                th = timeit(run_hf, repeat=a.repeat, min_time=0.02)["median"]
+                th = timeit(run_hf, repeat=a.repeat, min_time=0.02, settle=SETTLE)["median"]
                 r["hf_us"] = th * 1e6
                 r["x_vs_hf"] = th / tm
             rows.append(r)

@@ -19,7 +19,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import bandwidth_roofs, print_table, timeit, write_json  # noqa: E402
+from common import SETTLE, bandwidth_roofs, print_table, timeit, write_json  # noqa: E402
 
 
 def active_weight_bytes(cfg, dtype_bytes: int, batch: int) -> float:
@@ -90,7 +90,7 @@ def main(argv=None):
             assert err < 1e-4, f"engine and transformers disagree: rel err {err:.2e}"
         # --- prefill
         for dt, eng in engines.items():
-            t = timeit(lambda: eng.logits(list(prompts)), repeat=a.repeat, warmup=1)
+            t = timeit(lambda: eng.logits(list(prompts)), repeat=a.repeat, warmup=1, settle=SETTLE)
             results[f"prefill_b{batch}_{dt}"] = batch * a.prompt_len / t["median"]
         for name, m in hf.items():
             import torch
@@ -99,7 +99,7 @@ def main(argv=None):
                 with torch.no_grad():
                     m(torch.tensor(prompts), use_cache=False)
 
-            t = timeit(run_hf, repeat=a.repeat, warmup=1)
+            t = timeit(run_hf, repeat=a.repeat, warmup=1, settle=SETTLE)
             results[f"prefill_b{batch}_hf_{name}"] = batch * a.prompt_len / t["median"]
         # --- decode: tokens/s over decode-steps single-token steps after a short prefill
         for dt, eng in engines.items():
@@ -110,8 +110,8 @@ def main(argv=None):
                 for _ in range(a.decode_steps):
                     s.decode([3] * batch)
 
-            pre = timeit(lambda: (s.prefill([p[:8] for p in prompts])), repeat=a.repeat, warmup=1)["median"]
-            t = timeit(dec, repeat=a.repeat, warmup=1)["median"]
+            pre = timeit(lambda: (s.prefill([p[:8] for p in prompts])), repeat=a.repeat, warmup=1, settle=SETTLE)["median"]
+            t = timeit(dec, repeat=a.repeat, warmup=1, settle=SETTLE)["median"]
             results[f"decode_b{batch}_{dt}"] = batch * a.decode_steps / max(t - pre, 1e-9)
         for name, m in hf.items():
             import torch
@@ -127,8 +127,8 @@ def main(argv=None):
                 with torch.no_grad():
                     m.generate(ids, max_new_tokens=1, do_sample=False, pad_token_id=0, eos_token_id=None)
 
-            t = timeit(dec_hf, repeat=a.repeat, warmup=1)["median"]
-            pre = timeit(pre_hf, repeat=a.repeat, warmup=1)["median"]
+            t = timeit(dec_hf, repeat=a.repeat, warmup=1, settle=SETTLE)["median"]
+            pre = timeit(pre_hf, repeat=a.repeat, warmup=1, settle=SETTLE)["median"]
             results[f"decode_b{batch}_hf_{name}"] = batch * (a.decode_steps - 1) / max(t - pre, 1e-9)
 
     for key in sorted(results):

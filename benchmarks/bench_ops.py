@@ -19,7 +19,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import bandwidth_roofs, flops_roof, print_table, timeit, write_json  # noqa: E402
+from common import bandwidth_roofs, flops_roof, paired, print_table, set_blas_threads, write_json  # noqa: E402
 
 # (model, name, N, K)
 SHAPES = [
@@ -53,6 +53,7 @@ def main(argv=None):
 
     cpu = _core.cpu
     _core.set_num_threads(a.threads)
+    set_blas_threads(a.threads)  # the baseline gets the same number of threads
     roofs = bandwidth_roofs()
     fl = flops_roof()
     print(
@@ -81,15 +82,10 @@ def main(argv=None):
             assert err < 1e-5, f"{model} {name} T={t}: rel err {err:.2e} vs numpy"
             rep = a.repeat if not a.quick else 3
             mt = 0.02 if t * n * k < 2**24 else 0.0
-            ours = timeit(lambda: cpu.gemm(out, x, w), repeat=rep, min_time=mt)[
-                "median"
-            ]
-            base = timeit(lambda: np.matmul(x, w.T, out=out), repeat=rep, min_time=mt)[
-                "median"
-            ]
-            ours_bf = timeit(lambda: cpu.gemm(out, x, wb), repeat=rep, min_time=mt)[
-                "median"
-            ]
+            tm = paired({"ours": lambda: cpu.gemm(out, x, w),
+                         "numpy": lambda: np.matmul(x, w.T, out=out),
+                         "ours_bf16": lambda: cpu.gemm(out, x, wb)}, repeat=rep, min_time=mt)
+            ours, base, ours_bf = (tm[k]["median"] for k in ("ours", "numpy", "ours_bf16"))
             flop = 2.0 * t * n * k
             r = {
                 "model": model,

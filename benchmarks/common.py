@@ -18,12 +18,22 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
 
 
-def timeit(fn, repeat: int = 7, warmup: int = 2, min_time: float = 0.0) -> dict:
-    """Run fn() warmup times, then `repeat` timed runs (each repeated until min_time). Seconds per call."""
+# Seconds to sleep before a timed run that follows another library's work. OpenBLAS, torch and our
+# OpenMP runtime each keep their worker threads spinning for a while after a call (OpenBLAS ~0.1 s);
+# on a 2-core machine a spinning neighbour takes a core from whatever is timed next.
+SETTLE = 0.12
+
+
+def timeit(fn, repeat: int = 7, warmup: int = 2, min_time: float = 0.0, settle: float = 0.0) -> dict:
+    """Run fn() warmup times, then `repeat` timed runs (each repeated until min_time, each after
+    `settle` seconds of sleep). Seconds per call."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeat):
+        if settle:
+            time.sleep(settle)
+            fn()  # wake our own threads again after the sleep
         n, t0 = 0, time.perf_counter()
         while True:
             fn()
@@ -33,6 +43,21 @@ def timeit(fn, repeat: int = 7, warmup: int = 2, min_time: float = 0.0) -> dict:
                 break
         times.append(el / n)
     return {"median": statistics.median(times), "min": min(times), "max": max(times), "runs": repeat}
+
+
+def paired(fns: dict, repeat: int = 7, warmup: int = 1, min_time: float = 0.0, settle: float = SETTLE) -> dict:
+    """Time several implementations of the same work in interleaved rounds (a, b, c, a, b, c, ...),
+    each run after `settle` seconds of sleep, so that load changes on a shared machine hit all of
+    them alike. Returns {name: timeit-style dict}; medians over the rounds."""
+    for f in fns.values():
+        for _ in range(warmup):
+            f()
+    times = {k: [] for k in fns}
+    for _ in range(repeat):
+        for k, f in fns.items():
+            times[k].append(timeit(f, repeat=1, warmup=0, min_time=min_time, settle=settle)["median"])
+    return {k: {"median": statistics.median(v), "min": min(v), "max": max(v), "runs": repeat}
+            for k, v in times.items()}
 
 
 def bandwidth_roof(mb: int = 512, repeat: int = 5) -> float:
@@ -65,7 +90,8 @@ def set_blas_threads(n: int) -> None:
 
         threadpool_limits(n)
     except ImportError:
-        pass
+        print("[bench] threadpoolctl is not installed: NumPy's BLAS keeps its own thread count "
+              "(pip install threadpoolctl, or set OPENBLAS_NUM_THREADS)", file=sys.stderr)
 
 
 def flops_roof(n: int = 2048, repeat: int = 5) -> float:
