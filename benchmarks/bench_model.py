@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -131,6 +132,32 @@ def main(argv=None):
             pre = timeit(pre_hf, repeat=a.repeat, warmup=1, settle=SETTLE)["median"]
             results[f"decode_b{batch}_hf_{name}"] = batch * (a.decode_steps - 1) / max(t - pre, 1e-9)
 
+    # --- where a batch-1 decode step goes (the fused loop's own stage timers), per dtype
+    stages = {}
+    for dt, eng in engines.items():
+        s = eng.session(1, a.prompt_len + a.decode_steps + 2)
+        s.prefill([prompts[0][:8]])
+        m = eng._fused[1]
+        acc, wall = None, 0.0
+        for _ in range(a.repeat):
+            s.prefill([prompts[0][:8]])
+            m.set_profiling(True)
+            t0 = time.perf_counter()
+            for _ in range(a.decode_steps):
+                s.decode([3])
+            wall += time.perf_counter() - t0
+            m.set_profiling(False)
+            p = m.profile()
+            acc = p if acc is None else {k: acc[k] + p[k] for k in acc}
+        calls = acc.pop("calls")
+        stages[dt] = {k: 1e6 * v / calls for k, v in acc.items()}
+        stages[dt]["outside_forward"] = 1e6 * wall / calls - sum(stages[dt].values())
+    print("batch-1 decode, microseconds per token by stage (fused loop timers; outside_forward = Python):",
+          file=sys.stderr)
+    for k in stages["float32"]:
+        f, b = stages["float32"][k], stages["bfloat16"][k]
+        print(f"  {k:16s} fp32 {f:8.1f}  bf16 {b:8.1f}  ratio {f / max(b, 1e-9):5.2f}", file=sys.stderr)
+
     for key in sorted(results):
         rows.append({"case": key, "tokens_per_s": results[key]})
     for phase in ("prefill", "decode"):
@@ -157,7 +184,8 @@ def main(argv=None):
     write_json(a.json, {"model": model, "threads": a.threads, "bandwidth_roof_GBps": bw, "roofs_GBps": roofs,
                         "weight_bytes_decode_b1": {"float32": active_weight_bytes(cfg, 4, 1),
                                                    "bfloat16": active_weight_bytes(cfg, 2, 1)},
-                        "results": results, "summary": rows[len(results):]})
+                        "results": results, "summary": rows[len(results):],
+                        "decode_b1_stage_us_per_token": stages})
 
 
 if __name__ == "__main__":

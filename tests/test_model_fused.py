@@ -93,3 +93,34 @@ def test_fused_rejects_bad_rows(hf_ckpt):
             None,
             np.array([0], np.int64),
         )
+
+
+@pytest.mark.parametrize("name", ["moe_a", "dense"])
+def test_fused_stage_profile(name, hf_ckpt, rng):
+    """set_profiling(True) times every stage without changing a bit; off, nothing accumulates."""
+    eng = Engine.from_pretrained(hf_ckpt(name))
+    prompts = [rng.integers(0, eng.config.vocab_size, 7).tolist()]
+    plain = eng.logits(prompts)
+    m = eng._fused[1]
+    idle = m.profile()
+    assert idle["calls"] == 0 and all(v == 0.0 for k, v in idle.items() if k != "calls")
+    m.set_profiling(True)
+    s = eng.session(1, 16)
+    profiled = s.prefill(prompts)
+    s.decode([3])
+    p = m.profile()
+    m.set_profiling(False)
+    np.testing.assert_array_equal(profiled, plain)
+    assert p["calls"] == 2
+    cfg = eng.config
+    expect = {"embedding", "rmsnorm", "residual", "head"}
+    expect |= {"attn_qkv_gemm", "attn_core", "attn_out_gemm"} if cfg.attention_layers else set()
+    expect |= {"conv_in_gemm", "shortconv", "conv_out_gemm"} if cfg.conv_layers else set()
+    expect |= {"router", "experts"} if any(cfg.is_moe_layer(i) for i in range(cfg.num_hidden_layers)) else set()
+    expect |= {"dense_ffn"} if any(not cfg.is_moe_layer(i) for i in range(cfg.num_hidden_layers)) else set()
+    for k in expect:
+        assert p[k] > 0.0, f"stage {k} was not timed: {p}"
+    for k in set(p) - expect - {"calls"}:
+        assert p[k] == 0.0, f"stage {k} has no layer of this model but took {p[k]} s"
+    s.decode([4])  # profiling is off again
+    assert m.profile() == p

@@ -352,7 +352,21 @@ void register_cpu(py::module_& m) {
             py::arg("conv_states"), py::arg("u_hist"), py::arg("out_rows"),
             "forward(ids[T] i32, seq[T] i32, pos[T] i32, k_caches {layer: [B, Hkv, Smax, Dh] f32},\n"
             "v_caches {...}, conv_states {layer: [B, L-1, D] f32}, u_hist {layer: [T, D] f32} | None,\n"
-            "out_rows[R] i32) -> logits[R, V] f32. Caches and states are updated in place.");
+            "out_rows[R] i32) -> logits[R, V] f32. Caches and states are updated in place.")
+        .def(
+            "set_profiling", [](PyModel& pm, bool on) { pm.model->set_profiling(on); }, py::arg("on"),
+            "set_profiling(on: bool): start (zeroing the sums) or stop (keeping them) the per-stage\n"
+            "wall-clock profile of forward.")
+        .def(
+            "profile",
+            [](PyModel& pm) {
+                py::dict d;
+                const auto p = pm.model->profile();
+                for (int s = 0; s < cpu::kNumStages; ++s) d[cpu::stage_name(s)] = p[size_t(s)];
+                d["calls"] = pm.model->profiled_calls();
+                return d;
+            },
+            "profile() -> {stage: seconds summed over the profiled forward calls, 'calls': count}.");
 }
 
 }  // namespace lfm2::bindings

@@ -35,6 +35,15 @@ void add_inplace(float* x, const float* y, int64_t n) {
 
 Model::Model(ModelWeightsView w) : w_(std::move(w)) {}
 
+void Model::set_profiling(bool on) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (on && !profiling_) {
+        prof_.fill(0.0);
+        prof_calls_ = 0;
+    }
+    profiling_ = on;
+}
+
 void Model::forward(TensorView logits, ConstTensorView ids, ConstTensorView seq, ConstTensorView pos,
                     const ModelStateView& st, ConstTensorView out_rows) {
     const char* op = "Model.forward";
@@ -63,55 +72,89 @@ void Model::forward(TensorView logits, ConstTensorView ids, ConstTensorView seq,
     float* h = grow(h_, T * D);
     float* y = grow(y_, T * D);
     const TensorView xv = f32_view(x, {T, D}), hv = f32_view(h, {T, D}), yv = f32_view(y, {T, D});
-    embedding(xv, w.embed, ids);
+    if (profiling_) ++prof_calls_;
+    {
+        auto t_ = stage(kEmbed);
+        embedding(xv, w.embed, ids);
+    }
     for (int64_t i = 0; i < nl; ++i) {
         const LayerWeightsView& lw = w.layers[size_t(i)];
-        rmsnorm(hv, xv, lw.op_norm, w.eps);
+        {
+            auto t_ = stage(kNorm);
+            rmsnorm(hv, xv, lw.op_norm, w.eps);
+        }
         if (lw.attention) {
             const int64_t nq = H * Dh, nkv = Hkv * Dh, nqkv = nq + 2 * nkv;
             float* qkv = grow(a_, T * nqkv);
-            gemm(f32_view(qkv, {T, nqkv}), hv, lw.wqkv);
+            {
+                auto t_ = stage(kAttnQkv);
+                gemm(f32_view(qkv, {T, nqkv}), hv, lw.wqkv);
+            }
             float* q = grow(q_, T * nq);
             float* k = grow(k_, T * nkv);
             float* v = grow(v_, T * nkv);
-            for (int64_t t = 0; t < T; ++t) {  // [T, (H+2Hkv)Dh] -> [T, H, Dh], 2 × [T, Hkv, Dh]
-                const float* src = qkv + t * nqkv;
-                std::memcpy(q + t * nq, src, sizeof(float) * size_t(nq));
-                std::memcpy(k + t * nkv, src + nq, sizeof(float) * size_t(nkv));
-                std::memcpy(v + t * nkv, src + nq + nkv, sizeof(float) * size_t(nkv));
-            }
-            rmsnorm(f32_view(q, {T * H, Dh}), f32_view(q, {T * H, Dh}), lw.q_norm, w.eps);
-            rmsnorm(f32_view(k, {T * Hkv, Dh}), f32_view(k, {T * Hkv, Dh}), lw.k_norm, w.eps);
-            const TensorView qv = f32_view(q, {T, H, Dh}), kv = f32_view(k, {T, Hkv, Dh}), vv = f32_view(v, {T, Hkv, Dh});
-            rope(qv, pos, w.rope_theta);
-            rope(kv, pos, w.rope_theta);
-            kv_write(st.k_cache[size_t(i)], st.v_cache[size_t(i)], kv, vv, seq, pos);
             float* o = grow(b_, T * nq);
-            attention(f32_view(o, {T, H, Dh}), qv, st.k_cache[size_t(i)], st.v_cache[size_t(i)], seq, pos, nullptr);
+            {
+                auto t_ = stage(kAttnCore);
+                for (int64_t t = 0; t < T; ++t) {  // [T, (H+2Hkv)Dh] -> [T, H, Dh], 2 × [T, Hkv, Dh]
+                    const float* src = qkv + t * nqkv;
+                    std::memcpy(q + t * nq, src, sizeof(float) * size_t(nq));
+                    std::memcpy(k + t * nkv, src + nq, sizeof(float) * size_t(nkv));
+                    std::memcpy(v + t * nkv, src + nq + nkv, sizeof(float) * size_t(nkv));
+                }
+                rmsnorm(f32_view(q, {T * H, Dh}), f32_view(q, {T * H, Dh}), lw.q_norm, w.eps);
+                rmsnorm(f32_view(k, {T * Hkv, Dh}), f32_view(k, {T * Hkv, Dh}), lw.k_norm, w.eps);
+                const TensorView qv = f32_view(q, {T, H, Dh}), kv = f32_view(k, {T, Hkv, Dh}),
+                                 vv = f32_view(v, {T, Hkv, Dh});
+                rope(qv, pos, w.rope_theta);
+                rope(kv, pos, w.rope_theta);
+                kv_write(st.k_cache[size_t(i)], st.v_cache[size_t(i)], kv, vv, seq, pos);
+                attention(f32_view(o, {T, H, Dh}), qv, st.k_cache[size_t(i)], st.v_cache[size_t(i)], seq, pos,
+                          nullptr);
+            }
+            auto t_ = stage(kAttnOut);
             gemm(yv, f32_view(o, {T, nq}), lw.wo);
         } else {
             float* bcx = grow(a_, T * 3 * D);
-            gemm(f32_view(bcx, {T, 3 * D}), hv, lw.in_proj);
+            {
+                auto t_ = stage(kConvIn);
+                gemm(f32_view(bcx, {T, 3 * D}), hv, lw.in_proj);
+            }
             float* z = grow(b_, T * D);
             const TensorView& u = st.u_hist[size_t(i)];
-            shortconv(f32_view(z, {T, D}), f32_view(bcx, {T, 3 * D}), lw.conv_w, st.conv_state[size_t(i)], seq,
-                      u.data ? &u : nullptr);
+            {
+                auto t_ = stage(kConv);
+                shortconv(f32_view(z, {T, D}), f32_view(bcx, {T, 3 * D}), lw.conv_w, st.conv_state[size_t(i)], seq,
+                          u.data ? &u : nullptr);
+            }
+            auto t_ = stage(kConvOut);
             gemm(yv, f32_view(z, {T, D}), lw.out_proj);
         }
-        add_inplace(x, y, T * D);
-        rmsnorm(hv, xv, lw.ffn_norm, w.eps);
+        {
+            auto t_ = stage(kResidual);
+            add_inplace(x, y, T * D);
+        }
+        {
+            auto t_ = stage(kNorm);
+            rmsnorm(hv, xv, lw.ffn_norm, w.eps);
+        }
         if (lw.moe) {
             const int64_t E = lw.gate.size(0), K = w.K;
             float* rl = grow(c_, T * E + T * K);
-            gemm(f32_view(rl, {T, E}), hv, lw.gate);
             int32_t* eid = grow(ids_, T * K);
             float* ew = rl + T * E;
             const TensorView idv = make_view<TensorView>(eid, DType::I32, {T, K});
             const TensorView wv = f32_view(ew, {T, K});
-            moe_route(idv, wv, f32_view(rl, {T, E}), lw.has_expert_bias ? &lw.expert_bias : nullptr, w.norm_topk,
-                      w.routed_scale);
+            {
+                auto t_ = stage(kRouter);
+                gemm(f32_view(rl, {T, E}), hv, lw.gate);
+                moe_route(idv, wv, f32_view(rl, {T, E}), lw.has_expert_bias ? &lw.expert_bias : nullptr, w.norm_topk,
+                          w.routed_scale);
+            }
+            auto t_ = stage(kExperts);
             moe_experts(yv, hv, idv, wv, lw.ew13, lw.ew2);
         } else {
+            auto t_ = stage(kDenseFfn);
             const int64_t F = lw.w2.size(1);
             float* gu = grow(a_, T * 2 * F);
             gemm(f32_view(gu, {T, 2 * F}), hv, lw.w13);
@@ -119,8 +162,10 @@ void Model::forward(TensorView logits, ConstTensorView ids, ConstTensorView seq,
             swiglu(f32_view(act, {T, F}), f32_view(gu, {T, 2 * F}));
             gemm(yv, f32_view(act, {T, F}), lw.w2);
         }
+        auto t_ = stage(kResidual);
         add_inplace(x, y, T * D);
     }
+    auto t_ = stage(kHead);
     float* xl = grow(h_, R * D);  // h is free now; R <= T
     for (int64_t r = 0; r < R; ++r) std::memcpy(xl + r * D, x + int64_t(rows[r]) * D, sizeof(float) * size_t(D));
     const TensorView xlv = f32_view(xl, {R, D});

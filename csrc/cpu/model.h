@@ -7,6 +7,8 @@
 // handles them), and weight ownership: views point into memory the caller keeps alive.
 #pragma once
 
+#include <array>
+#include <chrono>
 #include <mutex>
 #include <vector>
 
@@ -40,6 +42,18 @@ struct ModelStateView {
     std::vector<TensorView> u_hist;            // [T, D] f32 or empty (conv layers, optional)
 };
 
+// Stages of the optional wall-clock profile (Model::set_profiling), in forward order.
+enum Stage : int {
+    kEmbed, kNorm, kAttnQkv, kAttnCore, kAttnOut, kConvIn, kConv, kConvOut, kResidual, kRouter, kExperts,
+    kDenseFfn, kHead, kNumStages
+};
+inline const char* stage_name(int s) {
+    static const char* names[kNumStages] = {"embedding", "rmsnorm", "attn_qkv_gemm", "attn_core", "attn_out_gemm",
+                                            "conv_in_gemm", "shortconv", "conv_out_gemm", "residual", "router",
+                                            "experts", "dense_ffn", "head"};
+    return names[s];
+}
+
 class Model {
 public:
     explicit Model(ModelWeightsView w);
@@ -47,8 +61,29 @@ public:
     void forward(TensorView logits, ConstTensorView ids, ConstTensorView seq, ConstTensorView pos,
                  const ModelStateView& state, ConstTensorView out_rows);
     const ModelWeightsView& weights() const { return w_; }
+    // Wall-clock seconds per stage, summed over forward calls while profiling is on (off by
+    // default: then each stage costs one branch). Turning it on zeroes the sums; turning it off
+    // keeps them for profile().
+    void set_profiling(bool on);
+    std::array<double, kNumStages> profile() const { return prof_; }
+    int64_t profiled_calls() const { return prof_calls_; }
 
 private:
+    struct StageTimer {
+        double* acc;
+        std::chrono::steady_clock::time_point t0;
+        ~StageTimer() {
+            if (acc) *acc += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        }
+    };
+    StageTimer stage(Stage s) {
+        return StageTimer{profiling_ ? &prof_[size_t(s)] : nullptr,
+                          profiling_ ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{}};
+    }
+    bool profiling_ = false;
+    std::array<double, kNumStages> prof_{};
+    int64_t prof_calls_ = 0;
+
     ModelWeightsView w_;
     std::mutex mu_;  // scratch is shared by calls
     std::vector<float> x_, h_, y_, a_, b_, c_, q_, k_, v_;

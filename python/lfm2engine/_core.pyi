@@ -122,6 +122,10 @@ class cpu:
         ) -> _F32:
             """logits[R, V] of rows out_rows[R] after all layers over ids/seq/pos[T]; caches,
             conv states and u_hist [T, D] are written in place."""
+        def set_profiling(self, on: bool) -> None:
+            """Start (zeroing the sums) or stop (keeping them) the per-stage wall-clock profile of forward."""
+        def profile(self) -> dict[str, float]:
+            """{stage: seconds summed over the profiled forward calls, 'calls': count}."""
 
 class cuda:
     """Submodule _core.cuda: the CUDA backend (csrc/cuda). Every op of _core.cpu exists here with
