@@ -33,7 +33,11 @@ def timeit(fn, repeat: int = 7, warmup: int = 2, min_time: float = 0.0, settle: 
     for _ in range(repeat):
         if settle:
             time.sleep(settle)
-            fn()  # wake our own threads again after the sleep
+            t0 = time.perf_counter()
+            while True:  # wake our own threads again (a woken OpenMP worker may first wait a tick)
+                fn()
+                if time.perf_counter() - t0 >= 0.01:
+                    break
         n, t0 = 0, time.perf_counter()
         while True:
             fn()
