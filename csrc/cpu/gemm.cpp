@@ -151,7 +151,10 @@ struct GemmBlock {
 };
 
 constexpr int64_t kWeightBlockBytes = 512 * 1024;  // half of a 1-2 MiB L2
-constexpr int64_t kRowChunk = 48;                  // x rows per work item (a multiple of every MR)
+// x rows per work item (multiples of every MR): 48, or 96 for a long prefill, where each weight
+// block is then reused by twice as many tiles (K = 2048, T = 1024: 0.64 -> 0.70x OpenBLAS); short
+// inputs keep 48 so that both threads get equal shares.
+constexpr int64_t kRowChunk = 48, kRowChunkLong = 96;
 
 template <class WT>
 void gemm_typed(Isa isa, const float* x, int64_t ldx, const WT* w, int64_t ldw, float* out, int64_t ldo, int64_t M,
@@ -161,7 +164,8 @@ void gemm_typed(Isa isa, const float* x, int64_t ldx, const WT* w, int64_t ldw, 
     // shrunk when there would be too few items to keep the threads busy.
     int64_t row_bytes = std::max<int64_t>(K, 1) * int64_t(sizeof(WT));
     int64_t nb = std::max<int64_t>(16, kWeightBlockBytes / row_bytes / 16 * 16);
-    int64_t m_chunks = (M + kRowChunk - 1) / kRowChunk;
+    const int64_t rc = M >= 8 * kRowChunkLong ? kRowChunkLong : kRowChunk;
+    int64_t m_chunks = (M + rc - 1) / rc;
     int64_t min_items = 4 * int64_t(num_threads());
     if (m_chunks * ((N + nb - 1) / nb) < min_items) {
         int64_t want_blocks = (min_items + m_chunks - 1) / m_chunks;
@@ -172,7 +176,7 @@ void gemm_typed(Isa isa, const float* x, int64_t ldx, const WT* w, int64_t ldw, 
         m_chunks * n_blocks,
         [&](int64_t item) {
             int64_t mc = item / n_blocks, b = item % n_blocks;
-            int64_t m0 = mc * kRowChunk, m1 = std::min(M, m0 + kRowChunk);
+            int64_t m0 = mc * rc, m1 = std::min(M, m0 + rc);
             int64_t n0 = b * nb, n1 = std::min(N, n0 + nb);
             run_kernel<GemmBlock>(isa, x, ldx, w, ldw, out, ldo, m0, m1, n0, n1, K);
         },
