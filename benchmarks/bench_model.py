@@ -5,7 +5,9 @@ and 16, one token per sequence per step) on the built-in synthetic model by defa
 runs fp32 with eager attention/experts and with its default implementations, torch threads =
 our threads. Correctness first: last-position logits of both must agree. The batch-1 decode
 figure is also given as % of the memory-bandwidth roof measured in this run (bytes of weights
-touched per token / time).
+touched per token / time). Rows: fp32 weights, bf16 weights (exact: fp32 activations) and, where
+the CPU has AVX512_BF16, "bf16dot" (the opt-in mode of _core.set_bf16_dot: bf16-rounded
+activations, vdpbf16ps).
 
     python benchmarks/bench_model.py [--model DIR] [--threads 2] [--json analysis/out/bench_model.json]
 """
@@ -59,6 +61,10 @@ def main(argv=None):
     _core.set_num_threads(a.threads)
     engines = {dt: Engine.from_pretrained(model, dtype=dt) for dt in ("float32", "bfloat16")}
     cfg = engines["float32"].config
+    # (name, engine, bf16-dot mode): the opt-in AVX512_BF16 mode is timed where the CPU has it
+    variants = [("float32", engines["float32"], False), ("bfloat16", engines["bfloat16"], False)]
+    if _core.bf16_dot_available():
+        variants.append(("bf16dot", engines["bfloat16"], True))
     rng = np.random.default_rng(0)
     rows, results = [], {}
 
@@ -90,9 +96,11 @@ def main(argv=None):
             err = float(np.abs(ours - ref).max() / np.abs(ref).max())
             assert err < 1e-4, f"engine and transformers disagree: rel err {err:.2e}"
         # --- prefill
-        for dt, eng in engines.items():
+        for dt, eng, dot in variants:
+            _core.set_bf16_dot(dot)
             t = timeit(lambda: eng.logits(list(prompts)), repeat=a.repeat, warmup=1, settle=SETTLE)
             results[f"prefill_b{batch}_{dt}"] = batch * a.prompt_len / t["median"]
+            _core.set_bf16_dot(False)
         for name, m in hf.items():
             import torch
 
@@ -103,7 +111,8 @@ def main(argv=None):
             t = timeit(run_hf, repeat=a.repeat, warmup=1, settle=SETTLE)
             results[f"prefill_b{batch}_hf_{name}"] = batch * a.prompt_len / t["median"]
         # --- decode: tokens/s over decode-steps single-token steps after a short prefill
-        for dt, eng in engines.items():
+        for dt, eng, dot in variants:
+            _core.set_bf16_dot(dot)
             s = eng.session(batch, a.prompt_len + a.decode_steps + 2)
 
             def dec():
@@ -114,6 +123,7 @@ def main(argv=None):
             pre = timeit(lambda: (s.prefill([p[:8] for p in prompts])), repeat=a.repeat, warmup=1, settle=SETTLE)["median"]
             t = timeit(dec, repeat=a.repeat, warmup=1, settle=SETTLE)["median"]
             results[f"decode_b{batch}_{dt}"] = batch * a.decode_steps / max(t - pre, 1e-9)
+            _core.set_bf16_dot(False)
         for name, m in hf.items():
             import torch
 
@@ -164,7 +174,7 @@ def main(argv=None):
         for batch in (1, 16):
             base = results.get(f"{phase}_b{batch}_hf_default")
             eager = results.get(f"{phase}_b{batch}_hf_eager")
-            for dt in ("float32", "bfloat16"):
+            for dt, _, _ in variants:
                 ours = results[f"{phase}_b{batch}_{dt}"]
                 r = {"case": f"{phase} b{batch} {dt}", "tokens_per_s": ours}
                 if base:
@@ -176,7 +186,7 @@ def main(argv=None):
                     r["GB/s"] = gbps
                     r["%_bw_roof"] = 100 * gbps / bw
                     r["%_bw_cache"] = 100 * gbps / roofs["cache"]
-                if dt == "bfloat16":
+                if dt != "float32":
                     r["x_vs_our_fp32"] = ours / results[f"{phase}_b{batch}_float32"]
                 rows.append(r)
     print_table(rows[len(results):], ["case", "tokens_per_s", "x_vs_hf_default", "x_vs_hf_eager", "x_vs_our_fp32",

@@ -215,6 +215,65 @@ def test_gemm_row_batch_invariance(level, wdtype, k, rng):
         assert np.array_equal(again, full), f"{nt} threads differ"
 
 
+needs_bf16_dot = pytest.mark.skipif(not _core.bf16_dot_available(), reason="this CPU has no AVX512_BF16")
+
+
+@pytest.fixture
+def bf16_dot_mode():
+    _core.set_bf16_dot(True)
+    assert _core.bf16_dot()
+    yield
+    _core.set_bf16_dot(False)
+
+
+@needs_bf16_dot
+@pytest.mark.parametrize("t,n,k", GEMM_SHAPES + [(7, 13, 31), (3, 5, 33), (9, 300, 256)])
+def test_gemm_bf16_dot_matches_rounded_reference(bf16_dot_mode, t, n, k, rng):
+    """bf16-dot mode = the exact product of bf16-rounded x and bf16 w, up to fp32 accumulation;
+    and it is really on: the exact-x reference is farther away than rounding x explains."""
+    x = rand(rng, t, k)
+    w = bf16_bits(rand(rng, n, k))
+    out = np.full((t, n), np.nan, np.float32)
+    cpu.gemm(out, x, w)
+    wf = bf16_to_f32(w).astype(np.float64)
+    want = bf16_to_f32(bf16_bits(x)).astype(np.float64) @ wf.T
+    assert_close(out, want, k=k, name=f"gemm bf16-dot T={t} N={n} K={k}")
+    if k >= 5:
+        exact = x.astype(np.float64) @ wf.T
+        assert np.abs(out - want).max() < np.abs(out - exact).max()
+
+
+@needs_bf16_dot
+@pytest.mark.parametrize("k", [100, 1037])
+def test_gemm_bf16_dot_row_batch_invariance(bf16_dot_mode, k, rng):
+    m, n = 37, 301
+    x = rand(rng, m, k)
+    w = bf16_bits(rand(rng, n, k))
+    full = np.empty((m, n), np.float32)
+    cpu.gemm(full, x, w)
+    for r in (0, 5, 36):
+        one = np.empty((1, n), np.float32)
+        cpu.gemm(one, x[r : r + 1], w)
+        assert np.array_equal(one[0], full[r]), f"row {r} alone differs"
+    part = np.empty((9, n), np.float32)
+    cpu.gemm(part, np.ascontiguousarray(x[20:29]), w)
+    assert np.array_equal(part, full[20:29])
+    for nt in (1, 2):
+        _core.set_num_threads(nt)
+        again = np.empty_like(full)
+        cpu.gemm(again, x, w)
+        assert np.array_equal(again, full), f"{nt} threads differ"
+
+
+def test_bf16_dot_mode_is_off_by_default_and_refused_without_avx512bf16():
+    assert not _core.bf16_dot()
+    _core.set_simd_level("avx2" if "avx2" in _core.cpu_features() else "scalar")
+    with pytest.raises(ValueError, match="AVX512_BF16"):
+        _core.set_bf16_dot(True)
+    assert not _core.bf16_dot()
+    _core.set_bf16_dot(False)  # turning it off is always allowed
+
+
 def test_gemm_column_invariance(level, rng):
     """An output column is the same whatever N: full register tiles (4-way reduction) and the
     column tail (single reduction) must sum in the same order."""

@@ -57,6 +57,13 @@ PYBIND11_MODULE(_core, m) {
         "Caps the SIMD path at 'scalar', 'avx2' or 'avx512' (never above detected_simd_level()).");
     m.def("set_force_scalar", &cpu::set_force_scalar, py::arg("on"),
           "True: run the scalar path (as LFM2_FORCE_SCALAR=1 does); False: the best available.");
+    m.def("bf16_dot", &cpu::bf16_dot,
+          "True while the opt-in bf16 dot-product mode is on (bf16 weights times bf16-rounded activations,\n"
+          "fp32 accumulation by AVX512_BF16 vdpbf16ps; LFM2_BF16_DOT=1 at load time).");
+    m.def("bf16_dot_available", &cpu::bf16_dot_available,
+          "True if this CPU has AVX512_BF16 and the active SIMD path is avx512.");
+    m.def("set_bf16_dot", &cpu::set_bf16_dot, py::arg("on"),
+          "Turns the bf16 dot-product mode on or off; ValueError where bf16_dot_available() is False.");
     m.def("set_num_threads", &set_num_threads, py::arg("n"),
           "Threads for the CPU ops; n <= 0 restores the default (OMP_NUM_THREADS or all cores).");
     m.def("get_num_threads", &num_threads, "Threads the CPU ops use.");

@@ -152,4 +152,27 @@ std::vector<std::string> cpu_features() {
     return out;
 }
 
+namespace {
+std::atomic<bool> g_bf16_dot{[] {
+    const char* e = std::getenv("LFM2_BF16_DOT");
+    return e && *e && std::strcmp(e, "0") != 0;
+}()};
+}  // namespace
+
+bool bf16_dot_available() {
+    return features().avx512bf16 && active_isa() == Isa::Avx512;
+}
+
+bool bf16_dot() {
+    return g_bf16_dot.load(std::memory_order_relaxed) && bf16_dot_available();
+}
+
+void set_bf16_dot(bool on) {
+    if (on && !bf16_dot_available())
+        throw std::invalid_argument(
+            "set_bf16_dot: this CPU or SIMD path has no AVX512_BF16 (vdpbf16ps); see cpu_features() and "
+            "simd_level()");
+    g_bf16_dot.store(on);
+}
+
 }  // namespace lfm2::cpu

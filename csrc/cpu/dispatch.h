@@ -24,6 +24,14 @@ void set_force_scalar(bool on);
 Isa parse_isa(const std::string& s);
 // CPU features relevant to us that this CPU and OS support, e.g. "avx2", "avx512bf16", "amx-bf16".
 std::vector<std::string> cpu_features();
+// AVX512_BF16 (vdpbf16ps) usable: the CPU has it and the active path is AVX-512.
+bool bf16_dot_available();
+// The opt-in bf16 dot-product mode for bf16 weights: activations are rounded to bf16 and the
+// products accumulated in fp32 by vdpbf16ps (an approximation; off by default, LFM2_BF16_DOT=1
+// at load time or set_bf16_dot). bf16_dot() is true only while it is on and available.
+bool bf16_dot();
+// Throws std::invalid_argument when asked to turn it on where it is not available.
+void set_bf16_dot(bool on);
 
 namespace detail {
 template <template <class> class K, class... A>

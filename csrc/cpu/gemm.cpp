@@ -183,13 +183,119 @@ void gemm_typed(Isa isa, const float* x, int64_t ldx, const WT* w, int64_t ldw, 
         M * N * std::max<int64_t>(K, 1), min_parallel_gemm());
 }
 
+// ----------------------------------------------------------------------------- bf16 dot mode
+// Opt-in (dispatch.h: bf16_dot): bf16 weights against bf16-rounded activations, accumulated in
+// fp32 by vdpbf16ps. Lane l of a tile accumulator sums the pairs k = 32i + 2l, 32i + 2l + 1 in
+// increasing i (vdpbf16ps's own pair sum), the K tail zero-padded, then S::hsum's tree: the same
+// for every M, so this mode is row-batch invariant too. x is rounded once per call (RNE,
+// dtype.h's f32_to_bf16). It reads the same weight bytes as the exact bf16 path but does half the
+// instructions per weight, which matters where the exact path is bound by FMAs (prefill).
+#define LFM2_TARGET_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,fma,f16c")))
+
+template <int MR, int NR>
+LFM2_TARGET_AVX512BF16 inline __attribute__((always_inline)) void dotbf_tile(const uint16_t* x, int64_t ldx,
+                                                                              const uint16_t* w, int64_t ldw,
+                                                                              float* out, int64_t ldo, int64_t K) {
+    using S = simd::Avx512;
+    __m512 acc[MR][NR];
+    for (int i = 0; i < MR; ++i)
+        for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_ps();
+    const int64_t pf = std::max<int64_t>(NR, kPrefetchBytes / std::max<int64_t>(1, ldw * 2)) * ldw;
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32) {
+        __m512bh xv[MR];
+        for (int i = 0; i < MR; ++i) xv[i] = (__m512bh)_mm512_loadu_si512(x + i * ldx + k);
+        for (int j = 0; j < NR; ++j) {
+            _mm_prefetch(reinterpret_cast<const char*>(w + j * ldw + k + pf), _MM_HINT_T0);
+            const __m512bh wv = (__m512bh)_mm512_loadu_si512(w + j * ldw + k);
+            for (int i = 0; i < MR; ++i) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], xv[i], wv);
+        }
+    }
+    if (k < K) {
+        const __mmask32 m = __mmask32((uint64_t(1) << (K - k)) - 1);
+        __m512bh xv[MR];
+        for (int i = 0; i < MR; ++i) xv[i] = (__m512bh)_mm512_maskz_loadu_epi16(m, x + i * ldx + k);
+        for (int j = 0; j < NR; ++j) {
+            const __m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(m, w + j * ldw + k);
+            for (int i = 0; i < MR; ++i) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], xv[i], wv);
+        }
+    }
+    if constexpr (NR == 4) {
+        for (int i = 0; i < MR; ++i) S::hsum4(acc[i][0], acc[i][1], acc[i][2], acc[i][3], out + i * ldo);
+    } else {
+        for (int i = 0; i < MR; ++i)
+            for (int j = 0; j < NR; ++j) out[i * ldo + j] = S::hsum(acc[i][j]);
+    }
+}
+
+template <int R>
+LFM2_TARGET_AVX512BF16 inline __attribute__((always_inline)) void dotbf_rows(const uint16_t* x, int64_t ldx,
+                                                                              const uint16_t* w, int64_t ldw,
+                                                                              float* out, int64_t ldo, int64_t n0,
+                                                                              int64_t n1, int64_t K) {
+    int64_t n = n0;
+    for (; n + 4 <= n1; n += 4) dotbf_tile<R, 4>(x, ldx, w + n * ldw, ldw, out + n, ldo, K);
+    for (; n < n1; ++n) dotbf_tile<R, 1>(x, ldx, w + n * ldw, ldw, out + n, ldo, K);
+}
+
+// Rows [m0, m1) × weight rows [n0, n1) of the bf16-dot GEMM (x already bf16).
+LFM2_TARGET_AVX512BF16 __attribute__((noinline)) void dotbf_block(const uint16_t* x, int64_t ldx, const uint16_t* w,
+                                                                  int64_t ldw, float* out, int64_t ldo, int64_t m0,
+                                                                  int64_t m1, int64_t n0, int64_t n1, int64_t K) {
+    constexpr int MR = 6;
+    int64_t m = m0;
+    for (; m + MR <= m1; m += MR) dotbf_rows<MR>(x + m * ldx, ldx, w, ldw, out + m * ldo, ldo, n0, n1, K);
+    const uint16_t* xt = x + m * ldx;
+    float* ot = out + m * ldo;
+    switch (m1 - m) {
+        case 5: dotbf_rows<5>(xt, ldx, w, ldw, ot, ldo, n0, n1, K); break;
+        case 4: dotbf_rows<4>(xt, ldx, w, ldw, ot, ldo, n0, n1, K); break;
+        case 3: dotbf_rows<3>(xt, ldx, w, ldw, ot, ldo, n0, n1, K); break;
+        case 2: dotbf_rows<2>(xt, ldx, w, ldw, ot, ldo, n0, n1, K); break;
+        case 1: dotbf_rows<1>(xt, ldx, w, ldw, ot, ldo, n0, n1, K); break;
+        default: break;
+    }
+}
+
+void gemm_bf16_dot(const float* x, int64_t ldx, const bf16_t* w, int64_t ldw, float* out, int64_t ldo, int64_t M,
+                   int64_t N, int64_t K) {
+    if (M <= 0 || N <= 0) return;
+    thread_local std::vector<uint16_t> xb_buf;
+    if (int64_t(xb_buf.size()) < M * K) xb_buf.resize(size_t(M * K));
+    uint16_t* xb = xb_buf.data();
+    parallel_ranges(M, K, [&](int64_t b, int64_t e) {
+        for (int64_t m = b; m < e; ++m)
+            for (int64_t k = 0; k < K; ++k) xb[m * K + k] = f32_to_bf16(x[m * ldx + k]);
+    });
+    const uint16_t* wb = reinterpret_cast<const uint16_t*>(w);
+    int64_t nb = std::max<int64_t>(16, kWeightBlockBytes / std::max<int64_t>(2 * K, 1) / 16 * 16);
+    const int64_t rc = M >= 8 * kRowChunkLong ? kRowChunkLong : kRowChunk;
+    const int64_t m_chunks = (M + rc - 1) / rc, min_items = 4 * int64_t(num_threads());
+    if (m_chunks * ((N + nb - 1) / nb) < min_items) {
+        const int64_t want_blocks = (min_items + m_chunks - 1) / m_chunks;
+        nb = std::max<int64_t>(16, ((N + want_blocks - 1) / want_blocks + 15) / 16 * 16);
+    }
+    const int64_t n_blocks = (N + nb - 1) / nb;
+    parallel_for(
+        m_chunks * n_blocks,
+        [&](int64_t item) {
+            const int64_t mc = item / n_blocks, b = item % n_blocks;
+            const int64_t m0 = mc * rc, n0 = b * nb;
+            dotbf_block(xb, K, wb, ldw, out, ldo, m0, std::min(M, m0 + rc), n0, std::min(N, n0 + nb), K);
+        },
+        M * N * std::max<int64_t>(K, 1), min_parallel_gemm());
+}
+
 }  // namespace
 
 void gemm_raw(Isa isa, const float* x, int64_t ldx, const void* w, DType wdt, int64_t ldw, float* out, int64_t ldo,
               int64_t M, int64_t N, int64_t K) {
     switch (wdt) {
         case DType::BF16:
-            gemm_typed(isa, x, ldx, static_cast<const bf16_t*>(w), ldw, out, ldo, M, N, K);
+            if (isa == Isa::Avx512 && bf16_dot())
+                gemm_bf16_dot(x, ldx, static_cast<const bf16_t*>(w), ldw, out, ldo, M, N, K);
+            else
+                gemm_typed(isa, x, ldx, static_cast<const bf16_t*>(w), ldw, out, ldo, M, N, K);
             break;
         case DType::F16:
             gemm_typed(isa, x, ldx, static_cast<const f16_t*>(w), ldw, out, ldo, M, N, K);

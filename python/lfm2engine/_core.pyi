@@ -37,6 +37,16 @@ def set_simd_level(level: str) -> None:
 def set_force_scalar(on: bool) -> None:
     """True: the scalar path (as LFM2_FORCE_SCALAR=1); False: the best available."""
 
+def bf16_dot() -> bool:
+    """True while the opt-in bf16 dot-product mode is on: bf16 weights times bf16-rounded
+    activations with fp32 accumulation (AVX512_BF16 vdpbf16ps); LFM2_BF16_DOT=1 at load time."""
+
+def bf16_dot_available() -> bool:
+    """True if this CPU has AVX512_BF16 and the active SIMD path is avx512."""
+
+def set_bf16_dot(on: bool) -> None:
+    """Turn the bf16 dot-product mode on or off; ValueError where bf16_dot_available() is False."""
+
 def set_num_threads(n: int) -> None:
     """Threads for the CPU ops; n <= 0 restores the default (OMP_NUM_THREADS or all cores)."""
 
