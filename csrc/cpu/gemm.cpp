@@ -284,6 +284,7 @@ void gemm_bf16_dot(const float* x, int64_t ldx, const bf16_t* w, int64_t ldw, fl
             dotbf_block(xb, K, wb, ldw, out, ldo, m0, std::min(M, m0 + rc), n0, std::min(N, n0 + nb), K);
         },
         M * N * std::max<int64_t>(K, 1), min_parallel_gemm());
+    if (xb_buf.size() * sizeof(uint16_t) > (size_t(64) << 20)) std::vector<uint16_t>().swap(xb_buf);  // don't pin
 }
 
 }  // namespace
