@@ -92,6 +92,7 @@ def test_text_prompt_with_tokenizer(cache, hf_ckpt, tmp_path):
     (["--prompt", "hello"], "tokenizer.json"),
     (["--prompt-ids", "1", "--max-new-tokens", "5000"], "exceed the context"),
     (["-n", "0"], "-n must be >= 1"),
+    (["--prompt-ids", "1,2", "--bf16-dot"], "--bf16-dot needs --dtype bfloat16"),
 ])
 def test_cli_errors(cache, hf_ckpt, args, words):
     r = run(["--model", hf_ckpt("moe_a"), *args], cache)

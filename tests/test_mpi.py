@@ -17,6 +17,13 @@ import pytest
 import mpi_worker
 from lfm2engine.parallel.plan import batch_slice
 
+try:
+    from lfm2engine import _core
+
+    HAVE_CORE = True
+except ImportError:  # the workers then run the NumPy op contract
+    _core, HAVE_CORE = None, False
+
 pytestmark = pytest.mark.mpi
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -214,6 +221,15 @@ def test_ranks_with_different_checkpoints_refuse_to_start(ckpts, tmp_path):
 
     r, _ = mpirun((3, _cli(ckpts[0])), (1, _cli(ckpts[1])))  # another checkpoint altogether
     assert r.returncode != 0 and "ParallelError: ranks loaded different models" in r.stderr
+
+
+@pytest.mark.skipif(not (HAVE_CORE and _core.bf16_dot_available()), reason="needs the C++ core on an AVX512_BF16 CPU")
+def test_ranks_with_different_numerics_refuse_to_start(ckpts):
+    bf16 = ["--dtype", "bfloat16"]
+    r, secs = mpirun((1, _cli(ckpts[0], bf16)), (1, _cli(ckpts[0], [*bf16, "--bf16-dot"])))
+    assert r.returncode != 0 and secs < ABORT_SECONDS
+    assert re.search(r"\[rank [01]/2\] ParallelError: ranks would compute different bits: numerics differs "
+                     r"\(rank 0: simd \w+, bf16 dot off, rank 1: simd \w+, bf16 dot on\)", r.stderr)
 
 
 def test_ranks_with_different_plans_refuse_to_start(ckpts):

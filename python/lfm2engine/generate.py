@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("-w", "--warmup", type=int, default=0, help="warm-up passes before timing (default 0)")
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                     help="weight storage dtype; compute is fp32 (default float32: exact mode)")
+    ap.add_argument("--bf16-dot", action="store_true",
+                    help="with --dtype bfloat16 on an AVX512_BF16 CPU: round activations to bf16 and use vdpbf16ps "
+                         "(faster prefill, approximate results; as LFM2_BF16_DOT=1)")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--batch-size", type=int, default=16, help="prompts per forward call (default 16)")
     ap.add_argument("--threads", type=int, default=None, help="OpenMP threads per rank (default: all cores / ranks)")
@@ -97,12 +100,23 @@ def load_engine(args, comm, model_dir):
 
     plan = ParallelPlan(args.plan, comm.Get_size(), comm.Get_rank())  # a bad world size fails before loading
     threads = args.threads or default_threads(node_local(comm)[1])  # cores shared by this node's ranks
+    from . import _core
+
+    if args.bf16_dot:
+        if args.dtype != "bfloat16" or args.device != "cpu":
+            raise InputError(f"--bf16-dot needs --dtype bfloat16 on the cpu device (got --dtype {args.dtype}, "
+                             f"--device {args.device})")
+        if not _core.bf16_dot_available():
+            raise InputError(f"--bf16-dot: this CPU has no AVX512_BF16 or the SIMD path is {_core.simd_level()} "
+                             f"(CPU features: {', '.join(_core.cpu_features())})")
+        _core.set_bf16_dot(True)
+    numerics = f"simd {_core.simd_level()}, bf16 dot {'on' if _core.bf16_dot() else 'off'}"
     t0 = time.perf_counter()
     eng = Engine.from_pretrained(model_dir, dtype=args.dtype, device=args.device, num_threads=threads,
                                  verbose=not args.quiet and comm.Get_rank() == 0)
     log.info(f"loaded {model_dir} ({eng.config.model_type}, {eng.config.num_hidden_layers} layers, "
              f"dtype {args.dtype}) in {time.perf_counter() - t0:.2f} s; {comm.Get_size()} rank(s) × {threads} threads")
-    check_same_model(comm, eng.config.fingerprint(), eng.fingerprint, args.plan)
+    check_same_model(comm, eng.config.fingerprint(), eng.fingerprint, args.plan, numerics)
     eng.parallel_plan = plan
     if args.plan != "dp":  # also on 1 rank: tp's canonical slice sums give the same bits at 1, 2 and 4 ranks
         from .parallel import executors

@@ -99,13 +99,17 @@ def node_local(comm) -> tuple[int, int]:
         node.Free()
 
 
-def check_same_model(comm, config_fp: str, ckpt_fp: str, plan: str = "") -> None:
-    """Start-up check: every rank loaded the same config and checkpoint and runs the same plan."""
-    got = comm.allgather((config_fp, ckpt_fp, plan))
-    for k, what in enumerate(("config", "checkpoint", "parallel plan")):
+def check_same_model(comm, config_fp: str, ckpt_fp: str, plan: str = "", numerics: str = "") -> None:
+    """Start-up check: every rank loaded the same config and checkpoint, runs the same plan and
+    computes the same bits (`numerics`: the SIMD path and the bf16 dot mode, which change results)."""
+    got = comm.allgather((config_fp, ckpt_fp, plan, numerics))
+    for k, what in enumerate(("config", "checkpoint", "parallel plan", "numerics")):
         vals = [g[k] for g in got]
         if len(set(vals)) != 1:
             detail = ", ".join(f"rank {r}: {v}" for r, v in enumerate(vals))
+            if what == "numerics":
+                raise ParallelError(f"ranks would compute different bits: numerics differs ({detail}); pin one "
+                                    "SIMD path with LFM2_SIMD and set LFM2_BF16_DOT alike on every node")
             raise ParallelError(f"ranks loaded different models: {what} differs ({detail}); every rank must read "
                                 "the same config.json and checkpoint and get the same --plan")
 
