@@ -163,8 +163,9 @@ def run(args):
     prompts = [[cfg.bos_token_id or 1] + rng.integers(2, cfg.vocab_size, 15).tolist() for _ in range(args.prompts)]
     n_new, reps = args.max_new_tokens, args.repeats
     ks = list(range(1, args.kmax + 1)) if not args.quick else [1, 2, 4, 8]
-    res = {"machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
-                       "cores": os.cpu_count(), "threads": args.threads},
+    res = {"machine": {"python": platform.python_version(), "cpu": cpu_model(), "cores": os.cpu_count(),
+                       "threads": args.threads, "simd": _core_cpu().simd_level(),
+                       "date": time.strftime("%Y-%m-%dT%H:%M:%S")},
            "model": args.model, "target": tdir,
            "config": {"model_type": cfg.model_type, "layers": cfg.num_hidden_layers, "hidden": cfg.hidden_size,
                       "vocab": cfg.vocab_size, "experts": cfg.num_experts, "top_k": cfg.num_experts_per_tok},
@@ -598,6 +599,18 @@ def tables(res) -> str:
                          f"{r['drafted'] / max(sum(r['histogram']), 1):.2f} | {r['tokens_per_round']:.2f} | "
                          f"{r['rollbacks']} | {r['spec_ms_per_token']:.2f} | {r['speedup']:.2f}x |")
     return "\n".join(lines)
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (platform.processor() is often just 'x86_64')."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def main(argv=None):
