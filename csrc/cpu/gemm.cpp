@@ -39,6 +39,12 @@ struct Tile<simd::Avx2> {
 
 constexpr int64_t kPrefetchBytes = 8192;
 
+// Elements from a weight row's current position to its prefetch target: at least
+// kPrefetchBytes, or one tile of NR rows (ldw elements of elem_bytes each) ahead.
+inline int64_t prefetch_offset(int NR, int64_t ldw, int64_t elem_bytes) {
+    return std::max<int64_t>(NR, kPrefetchBytes / std::max<int64_t>(1, ldw * elem_bytes)) * ldw;
+}
+
 // out[i, j] (i < MR, j < NR) = dot(x row i, w row j) over k < K. The blocked form runs one K block:
 // x and w point at the block's first column, K is the block's length, and the lane accumulators
 // live in spill (W floats per (i, j)) between blocks: loaded unless `first`, stored unless `last`,
@@ -55,7 +61,7 @@ LFM2_KERNEL void dot_tile(const float* x, int64_t ldx, const WT* w, int64_t ldw,
     // loads alone keep too few misses in flight to stream weights from DRAM at full rate (GEMV,
     // bf16: 20-25 -> 27-32 GB/s at K = 128..256 on Zen 5), and in a prefill GEMM the next tile's
     // rows arrive from L2 in time (K = 2048: 0.54x -> 0.64x OpenBLAS on one core).
-    const int64_t pf = PF ? std::max<int64_t>(NR, kPrefetchBytes / std::max<int64_t>(1, ldw * int64_t(sizeof(WT)))) * ldw : 0;
+    const int64_t pf = PF ? prefetch_offset(NR, ldw, int64_t(sizeof(WT))) : 0;
     int64_t k = 0;
     for (; k + S::W <= K; k += S::W) {
         F xv[MR];
@@ -102,9 +108,7 @@ LFM2_KERNEL void row_panel(const float* x, int64_t ldx, const WT* w, int64_t ldw
     if (MR >= 4 && K > kKBlock) {  // full tiles of a prefill GEMM: K-blocked, accumulators spilled
         thread_local std::vector<float> buf;
         const int64_t slot = int64_t(MR) * NR * S::W;  // floats of one tile's accumulators
-        const int64_t need = MR * kKBlock + (n1 - n0) * slot;
-        if (int64_t(buf.size()) < need) buf.resize(size_t(need));
-        float* xp = buf.data();
+        float* xp = scratch(buf, MR * kKBlock + (n1 - n0) * slot);
         float* spill = xp + MR * kKBlock;
         for (int64_t k0 = 0; k0 < K; k0 += kKBlock) {
             const int64_t kc = std::min(kKBlock, K - k0);
@@ -156,31 +160,37 @@ constexpr int64_t kWeightBlockBytes = 512 * 1024;  // half of a 1-2 MiB L2
 // inputs keep 48 so that both threads get equal shares.
 constexpr int64_t kRowChunk = 48, kRowChunkLong = 96;
 
-template <class WT>
-void gemm_typed(Isa isa, const float* x, int64_t ldx, const WT* w, int64_t ldw, float* out, int64_t ldo, int64_t M,
-                int64_t N, int64_t K) {
+// The parallel loop over (row chunk, weight block) work items shared by every GEMM driver:
+// run(m0, m1, n0, n1) for rows [m0, m1) × weight rows [n0, n1). Weight block: as many rows of
+// row_bytes as fit kWeightBlockBytes, a multiple of 16 (every NR divides it), shrunk when there
+// would be too few items to keep the threads busy. The split never changes a result.
+template <class Run>
+void for_each_gemm_block(int64_t M, int64_t N, int64_t K, int64_t row_bytes, Run&& run) {
     if (M <= 0 || N <= 0) return;
-    // Weight block: as many rows as fit kWeightBlockBytes, a multiple of 16 (every NR divides it),
-    // shrunk when there would be too few items to keep the threads busy.
-    int64_t row_bytes = std::max<int64_t>(K, 1) * int64_t(sizeof(WT));
-    int64_t nb = std::max<int64_t>(16, kWeightBlockBytes / row_bytes / 16 * 16);
+    int64_t nb = std::max<int64_t>(16, kWeightBlockBytes / std::max<int64_t>(row_bytes, 1) / 16 * 16);
     const int64_t rc = M >= 8 * kRowChunkLong ? kRowChunkLong : kRowChunk;
-    int64_t m_chunks = (M + rc - 1) / rc;
-    int64_t min_items = 4 * int64_t(num_threads());
+    const int64_t m_chunks = (M + rc - 1) / rc, min_items = 4 * int64_t(num_threads());
     if (m_chunks * ((N + nb - 1) / nb) < min_items) {
-        int64_t want_blocks = (min_items + m_chunks - 1) / m_chunks;
+        const int64_t want_blocks = (min_items + m_chunks - 1) / m_chunks;
         nb = std::max<int64_t>(16, ((N + want_blocks - 1) / want_blocks + 15) / 16 * 16);
     }
-    int64_t n_blocks = (N + nb - 1) / nb;
+    const int64_t n_blocks = (N + nb - 1) / nb;
     parallel_for(
         m_chunks * n_blocks,
         [&](int64_t item) {
-            int64_t mc = item / n_blocks, b = item % n_blocks;
-            int64_t m0 = mc * rc, m1 = std::min(M, m0 + rc);
-            int64_t n0 = b * nb, n1 = std::min(N, n0 + nb);
-            run_kernel<GemmBlock>(isa, x, ldx, w, ldw, out, ldo, m0, m1, n0, n1, K);
+            const int64_t m0 = item / n_blocks * rc, n0 = item % n_blocks * nb;
+            run(m0, std::min(M, m0 + rc), n0, std::min(N, n0 + nb));
         },
         M * N * std::max<int64_t>(K, 1), min_parallel_gemm());
+}
+
+template <class WT>
+void gemm_typed(Isa isa, const float* x, int64_t ldx, const WT* w, int64_t ldw, float* out, int64_t ldo, int64_t M,
+                int64_t N, int64_t K) {
+    const int64_t row_bytes = std::max<int64_t>(K, 1) * int64_t(sizeof(WT));
+    for_each_gemm_block(M, N, K, row_bytes, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+        run_kernel<GemmBlock>(isa, x, ldx, w, ldw, out, ldo, m0, m1, n0, n1, K);
+    });
 }
 
 // ----------------------------------------------------------------------------- bf16 dot mode
@@ -200,7 +210,7 @@ LFM2_TARGET_AVX512BF16 inline __attribute__((always_inline)) void dotbf_tile(con
     __m512 acc[MR][NR];
     for (int i = 0; i < MR; ++i)
         for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_ps();
-    const int64_t pf = std::max<int64_t>(NR, kPrefetchBytes / std::max<int64_t>(1, ldw * 2)) * ldw;
+    const int64_t pf = prefetch_offset(NR, ldw, 2);
     int64_t k = 0;
     for (; k + 32 <= K; k += 32) {
         __m512bh xv[MR];
@@ -261,30 +271,16 @@ void gemm_bf16_dot(const float* x, int64_t ldx, const bf16_t* w, int64_t ldw, fl
                    int64_t N, int64_t K) {
     if (M <= 0 || N <= 0) return;
     thread_local std::vector<uint16_t> xb_buf;
-    if (int64_t(xb_buf.size()) < M * K) xb_buf.resize(size_t(M * K));
-    uint16_t* xb = xb_buf.data();
+    uint16_t* xb = scratch(xb_buf, M * K);
     parallel_ranges(M, K, [&](int64_t b, int64_t e) {
         for (int64_t m = b; m < e; ++m)
             for (int64_t k = 0; k < K; ++k) xb[m * K + k] = f32_to_bf16(x[m * ldx + k]);
     });
     const uint16_t* wb = reinterpret_cast<const uint16_t*>(w);
-    int64_t nb = std::max<int64_t>(16, kWeightBlockBytes / std::max<int64_t>(2 * K, 1) / 16 * 16);
-    const int64_t rc = M >= 8 * kRowChunkLong ? kRowChunkLong : kRowChunk;
-    const int64_t m_chunks = (M + rc - 1) / rc, min_items = 4 * int64_t(num_threads());
-    if (m_chunks * ((N + nb - 1) / nb) < min_items) {
-        const int64_t want_blocks = (min_items + m_chunks - 1) / m_chunks;
-        nb = std::max<int64_t>(16, ((N + want_blocks - 1) / want_blocks + 15) / 16 * 16);
-    }
-    const int64_t n_blocks = (N + nb - 1) / nb;
-    parallel_for(
-        m_chunks * n_blocks,
-        [&](int64_t item) {
-            const int64_t mc = item / n_blocks, b = item % n_blocks;
-            const int64_t m0 = mc * rc, n0 = b * nb;
-            dotbf_block(xb, K, wb, ldw, out, ldo, m0, std::min(M, m0 + rc), n0, std::min(N, n0 + nb), K);
-        },
-        M * N * std::max<int64_t>(K, 1), min_parallel_gemm());
-    if (xb_buf.size() * sizeof(uint16_t) > (size_t(64) << 20)) std::vector<uint16_t>().swap(xb_buf);  // don't pin
+    for_each_gemm_block(M, N, K, 2 * K, [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+        dotbf_block(xb, K, wb, ldw, out, ldo, m0, m1, n0, n1, K);
+    });
+    trim_scratch(xb_buf);
 }
 
 }  // namespace

@@ -47,22 +47,6 @@ ExpertWeights check_experts(const char* op, ConstTensorView w13, ConstTensorView
     return ew;
 }
 
-// Grow-only scratch of the calling thread. Freshly allocated multi-MiB buffers (a prefill of
-// 1024 tokens needs ~20 MiB here) come from mmap and are zero-filled page by page on first
-// touch: allocated per call, that page-fault work made the experts 8x slower than their GEMMs.
-float* scratch(std::vector<float>& v, int64_t n) {
-    if (int64_t(v.size()) < n) v.resize(size_t(n));
-    return v.data();
-}
-
-// A buffer above this is given back after the call (a long prefill of a real-size model needs
-// hundreds of MiB, whose page faults are small next to its GEMMs; keeping them would pin them).
-constexpr size_t kKeepScratchBytes = size_t(64) << 20;
-
-void trim(std::vector<float>& v) {
-    if (v.size() * sizeof(float) > kKeepScratchBytes) std::vector<float>().swap(v);
-}
-
 // out[n] = expert_{eid[n]}(x[src[n]]) for n < N (0 where eid[n] < 0); out rows [N, D].
 void expert_rows(Isa isa, const float* x, const int64_t* src, const int32_t* eid, int64_t N, float* out,
                  const ExpertWeights& ew) {
@@ -115,7 +99,7 @@ void expert_rows(Isa isa, const float* x, const int64_t* src, const int32_t* eid
             min_parallel_gemm());
     else
         for (int32_t e : used) run_expert(e);
-    for (auto* b : {&xg_buf, &h_buf, &a_buf, &y_buf}) trim(*b);
+    for (auto* b : {&xg_buf, &h_buf, &a_buf, &y_buf}) trim_scratch(*b);
 }
 
 }  // namespace
@@ -245,7 +229,7 @@ void moe_experts(TensorView out, ConstTensorView x, ConstTensorView ids, ConstTe
             }
         }
     });
-    trim(rows_buf);
+    trim_scratch(rows_buf);
 }
 
 }  // namespace lfm2::cpu
