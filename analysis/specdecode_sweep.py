@@ -35,6 +35,9 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "python"))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "benchmarks"))
+
+from common import cpu_model  # noqa: E402
 
 from lfm2engine.specdecode import (calibration_sequence, draft_agreement, expected_tokens_per_round,  # noqa: E402
                                    forward_ms, measure, skip_order, write_pruned_checkpoint)
@@ -163,7 +166,8 @@ def run(args):
     prompts = [[cfg.bos_token_id or 1] + rng.integers(2, cfg.vocab_size, 15).tolist() for _ in range(args.prompts)]
     n_new, reps = args.max_new_tokens, args.repeats
     ks = list(range(1, args.kmax + 1)) if not args.quick else [1, 2, 4, 8]
-    res = {"machine": {"python": platform.python_version(), "cpu": cpu_model(), "cores": os.cpu_count(),
+    cpu = cpu_model() or platform.processor() or platform.machine()
+    res = {"machine": {"python": platform.python_version(), "cpu": cpu, "cores": os.cpu_count(),
                        "threads": args.threads, "simd": _core_cpu().simd_level(),
                        "date": time.strftime("%Y-%m-%dT%H:%M:%S")},
            "model": args.model, "target": tdir,
@@ -599,18 +603,6 @@ def tables(res) -> str:
                          f"{r['drafted'] / max(sum(r['histogram']), 1):.2f} | {r['tokens_per_round']:.2f} | "
                          f"{r['rollbacks']} | {r['spec_ms_per_token']:.2f} | {r['speedup']:.2f}x |")
     return "\n".join(lines)
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (platform.processor() is often just 'x86_64')."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv=None):

@@ -106,17 +106,25 @@ def flops_roof(n: int = 2048, repeat: int = 5) -> float:
     return 2 * n**3 / t / 1e9
 
 
-def machine_info() -> dict:
-    info = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
-            "numpy": np.__version__}
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ('' where there is none; platform.processor() is
+    often just 'x86_64')."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):
-                    info["cpu"] = line.split(":", 1)[1].strip()
-                    break
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return ""
+
+
+def machine_info() -> dict:
+    info = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
+            "numpy": np.__version__}
+    cpu = cpu_model()
+    if cpu:
+        info["cpu"] = cpu
     try:
         from lfm2engine import _core
 

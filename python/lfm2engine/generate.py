@@ -106,10 +106,11 @@ def load_engine(args, comm, model_dir):
         if args.dtype != "bfloat16" or args.device != "cpu":
             raise InputError(f"--bf16-dot needs --dtype bfloat16 on the cpu device (got --dtype {args.dtype}, "
                              f"--device {args.device})")
-        if not _core.bf16_dot_available():
-            raise InputError(f"--bf16-dot: this CPU has no AVX512_BF16 or the SIMD path is {_core.simd_level()} "
-                             f"(CPU features: {', '.join(_core.cpu_features())})")
-        _core.set_bf16_dot(True)
+        try:
+            _core.set_bf16_dot(True)
+        except ValueError as e:  # no AVX512_BF16, or a SIMD path below avx512
+            raise InputError(f"--bf16-dot: {e} (SIMD path {_core.simd_level()}; CPU features: "
+                             f"{', '.join(_core.cpu_features())})") from None
     numerics = f"simd {_core.simd_level()}, bf16 dot {'on' if _core.bf16_dot() else 'off'}"
     t0 = time.perf_counter()
     eng = Engine.from_pretrained(model_dir, dtype=args.dtype, device=args.device, num_threads=threads,
