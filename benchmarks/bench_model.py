@@ -147,17 +147,16 @@ def main(argv=None):
     for dt, eng in engines.items():
         s = eng.session(1, a.prompt_len + a.decode_steps + 2)
         s.prefill([prompts[0][:8]])
-        m = eng._fused[1]
         acc, wall = None, 0.0
         for _ in range(a.repeat):
             s.prefill([prompts[0][:8]])
-            m.set_profiling(True)
+            eng.set_profiling(True)
             t0 = time.perf_counter()
             for _ in range(a.decode_steps):
                 s.decode([3])
             wall += time.perf_counter() - t0
-            m.set_profiling(False)
-            p = m.profile()
+            eng.set_profiling(False)
+            p = eng.profile()
             acc = p if acc is None else {k: acc[k] + p[k] for k in acc}
         calls = acc.pop("calls")
         stages[dt] = {k: 1e6 * v / calls for k, v in acc.items()}

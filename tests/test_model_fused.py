@@ -41,7 +41,7 @@ def test_fused_equals_python_loop_bitwise(name, dtype, hf_ckpt, rng):
     eng = Engine.from_pretrained(hf_ckpt(name), dtype=dtype)
     prompts = [rng.integers(0, eng.config.vocab_size, n).tolist() for n in (1, 9, 4)]
     fused, s1 = run(eng, prompts, 3, 7)
-    assert getattr(eng, "_fused", None) is not None, "the fused path was not taken"
+    assert eng.fused_model() is not None, "the fused path was not taken"
     py, s2 = run(python_path(eng), prompts, 3, 7)
     for a, b in zip(fused, py):
         np.testing.assert_array_equal(a, b)
@@ -68,7 +68,7 @@ def test_fused_rejects_bad_rows(hf_ckpt):
     eng = Engine.from_pretrained(hf_ckpt("moe_b"))
     eng.logits([[1, 2]])
     s = eng.session(1, 4)
-    m = eng._fused[1]
+    m = eng.fused_model()
     ids = np.array([1, 2], np.int32)
     z = np.zeros(2, np.int32)
     with pytest.raises(IndexError, match="out_rows"):
@@ -101,7 +101,7 @@ def test_fused_stage_profile(name, hf_ckpt, rng):
     eng = Engine.from_pretrained(hf_ckpt(name))
     prompts = [rng.integers(0, eng.config.vocab_size, 7).tolist()]
     plain = eng.logits(prompts)
-    m = eng._fused[1]
+    m = eng.fused_model()
     idle = m.profile()
     assert idle["calls"] == 0 and all(v == 0.0 for k, v in idle.items() if k != "calls")
     m.set_profiling(True)

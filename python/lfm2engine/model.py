@@ -219,6 +219,23 @@ class Engine:
             logits = s.forward(live, [[t] for _, t in nxt])
         return out
 
+    # ------------------------------------------------------------------ profiling
+    def fused_model(self):
+        """The fused C++ layer loop (`_core.cpu.Model`) serving this engine's plain forward passes,
+        built on first use (keyed on the config, so derive(top_k=...) gets its own)."""
+        fused = getattr(self, "_fused", None)
+        if fused is None or fused[0] is not self.config:
+            fused = self._fused = (self.config, self.ops.Model(self.config, self.w))
+        return fused[1]
+
+    def set_profiling(self, on: bool) -> None:
+        """Start (zeroing the sums) or stop (keeping them) the per-stage wall-clock profile."""
+        self.fused_model().set_profiling(bool(on))
+
+    def profile(self) -> dict:
+        """{stage: seconds summed over the profiled forward calls, 'calls': count}."""
+        return self.fused_model().profile()
+
     # ------------------------------------------------------------------ blocks (reference order)
     def local_moe(self, i: int, h: np.ndarray) -> np.ndarray:
         """MoE FFN of layer i on this process: route -> grouped experts -> combine. h [T, D]."""
@@ -293,10 +310,7 @@ class Engine:
         cfg, w, ops = self.config, self.w, self.ops
         if self.moe_impl == self.local_moe and not self.skip_layers and parents is None and mask is None:
             # Fused C++ layer loop (bit-identical to the loop below); keyed on the config (derive()).
-            fused = getattr(self, "_fused", None)
-            if fused is None or fused[0] is not cfg:
-                fused = self._fused = (cfg, ops.Model(cfg, w))
-            return fused[1].forward(ids, seq, pos, st.k, st.v, st.conv, u_hist, np.asarray(out_rows, np.int32))
+            return self.fused_model().forward(ids, seq, pos, st.k, st.v, st.conv, u_hist, np.asarray(out_rows, np.int32))
         t_, d = len(ids), cfg.hidden_size
         x = np.empty((t_, d), np.float32)
         ops.embedding(x, w.embed, ids)
