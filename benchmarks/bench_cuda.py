@@ -167,8 +167,9 @@ class Bench:
     def blocks(self):
         """One conv / attention / MoE / dense block (norm, operator, residual) of LFM2-8B-A1B with
         random weights, on B sequences of 16 new tokens each (prefill from an empty cache)."""
-        from lfm2engine import cuda_model
+        from lfm2engine import Engine
         from lfm2engine.synthetic import preset_config
+        from lfm2engine.weights import LayerWeights
 
         cfg = preset_config("full")
         d, rng = cfg.hidden_size, self.rng
@@ -183,21 +184,21 @@ class Bench:
             def f32(*shape, scale=1.0, base=0.0):
                 return self.T.from_numpy((base + rng.standard_normal(shape, dtype=np.float32) * scale).astype(np.float32))
 
-            layers = [cuda_model.DeviceLayer() for _ in range(cfg.num_hidden_layers)]
+            layers = [LayerWeights() for _ in range(cfg.num_hidden_layers)]
             ia, ic, im, idn = cfg.attention_layers[0], cfg.conv_layers[-1], cfg.num_hidden_layers - 1, 0
             nh, nkv, dh, e_, fe = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.num_experts,
                                    cfg.moe_intermediate_size)
             for i in {ia, ic, im, idn}:
                 layers[i].op_norm, layers[i].ffn_norm = f32(d, scale=0.1, base=1.0), f32(d, scale=0.1, base=1.0)
             la, lc, lm, ld = layers[ia], layers[ic], layers[im], layers[idn]
-            la.wq, la.wk, la.wv, la.wo = up(nh * dh, d), up(nkv * dh, d), up(nkv * dh, d), up(d, nh * dh)
+            la.wqkv, la.wo = up((nh + 2 * nkv) * dh, d), up(d, nh * dh)
             la.q_norm, la.k_norm = f32(dh, scale=0.1, base=1.0), f32(dh, scale=0.1, base=1.0)
             lc.in_proj, lc.out_proj, lc.conv_w = up(3 * d, d), up(d, d), f32(d, cfg.conv_L_cache, scale=0.5)
             lm.gate, lm.expert_bias = f32(e_, d, scale=1.5 / np.sqrt(d)), f32(e_, scale=0.05)
             lm.ew13, lm.ew2 = up(e_, 2 * fe, d), up(e_, d, fe)
             ld.w13, ld.w2 = up(2 * cfg.intermediate_size, d), up(d, cfg.intermediate_size)
             w = types.SimpleNamespace(dtype=dt, layers=layers)
-            eng = cuda_model.CudaEngine(cfg, w)
+            eng = Engine(cfg, w, "cuda")
             idx = {"attention": ia, "conv": ic, "moe": im, "dense": idn}
             for b in ((1, 16) if self.a.quick else (1, 16, 64, 256)):
                 t_ = 16 * b
@@ -236,7 +237,7 @@ class Bench:
     # ------------------------------------------------------------------ the whole model
     def model(self):
         from bench_model import active_weight_bytes
-        from lfm2engine import cuda_model
+        from lfm2engine import Engine
         from lfm2engine.synthetic import default_model_dir
 
         a = self.a
@@ -245,7 +246,7 @@ class Bench:
         batches, plen = ((1, 16) if a.quick else (1, 16, 64)), a.prompt_len
         for dt in ("float32", "float16"):
             t0 = time.time()
-            eng = cuda_model.from_pretrained(path, dt, verbose=True)
+            eng = Engine.from_pretrained(path, dt, device="cuda", verbose=True)
             load_s = time.time() - t0
             cfg = eng.config
             rng = np.random.default_rng(1)

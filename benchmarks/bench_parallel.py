@@ -67,15 +67,18 @@ def formula_bytes(kind: str, cfg, world: int, rank: int, batch: int) -> float:
 
 
 # ---------------------------------------------------------------------------------------- worker
-def grouped_numpy_core():
-    """Timing stand-in while the compiled core is unavailable: tests/numpy_ops' op contract with
-    BLAS gemms that do not copy f32 weights, and grouped experts (one gemm pair per expert over
-    its rows) like the C++ kernel, instead of numpy_ops' row-by-row loop. Not row-invariant, so
-    the plan checks hold to a tolerance, not bitwise."""
-    import numpy_ops
+def grouped_numpy_backend():
+    """Timing stand-in while the compiled core is unavailable: the numpy backend with BLAS gemms
+    that do not copy f32 weights, and grouped experts (one gemm pair per expert over its rows)
+    like the C++ kernel, instead of numpy_ops' row-by-row loops. Not row-invariant, so the plan
+    checks hold to a tolerance, not bitwise."""
+    import types
+
+    from lfm2engine.backends.cpu import NumpyBackend
+    from lfm2engine.backends.numpy_ops import w_f32
 
     def f32(w):
-        return w if w.dtype == np.float32 else numpy_ops._w(w)
+        return w if w.dtype == np.float32 else w_f32(w)
 
     def gemm(out, x, w):
         np.matmul(x, f32(w).T, out=out)
@@ -99,20 +102,12 @@ def grouped_numpy_core():
             acc += np.where(ids[:, j : j + 1] >= 0, w[:, j : j + 1] * rows[:, j], np.float32(0))
         out[:] = acc
 
-    class Cpu(numpy_ops._Core.cpu):
-        pass
-
+    backend = NumpyBackend()
+    ops = types.SimpleNamespace(**{n: getattr(backend.ops, n) for n in dir(backend.ops) if not n.startswith("_")})
     for f in (gemm, moe_expert_rows, moe_experts):
-        setattr(Cpu, f.__name__, staticmethod(f))
-
-    class Core:
-        cpu = Cpu
-
-        @staticmethod
-        def set_num_threads(n):
-            pass
-
-    return Core()
+        setattr(ops, f.__name__, f)
+    backend.ops = ops
+    return backend
 
 
 def worker(a) -> None:
@@ -121,12 +116,7 @@ def worker(a) -> None:
     import mpi_worker
 
     core = "cpp" if a.core == "auto" and mpi_worker.use_core() == "cpp" else "numpy-grouped"
-    if core == "numpy-grouped":
-        import lfm2engine.model as model
-
-        stand_in = grouped_numpy_core()
-        model._core_cpu = lambda: stand_in
-    from lfm2engine.model import Engine
+    from lfm2engine import Engine
     from lfm2engine.parallel import executors, get_comm
     from lfm2engine.parallel.data_parallel import plan_logits
     from lfm2engine.parallel.plan import TP_SLICES, ParallelPlan
@@ -142,7 +132,8 @@ def worker(a) -> None:
         comm.Barrier()
         model_dir = default_model_dir(create=False)
     threads = a.threads or max(1, (os.cpu_count() or 1) // world)
-    base = Engine.from_pretrained(model_dir, num_threads=threads)
+    base = Engine.from_pretrained(model_dir, num_threads=threads,
+                                  device="cpu" if core == "cpp" else grouped_numpy_backend())
     cfg = base.config
     moe_layer = next(i for i in range(cfg.num_hidden_layers) if cfg.is_moe_layer(i))
     kinds = [k for k in PLANS if k != "tp" or TP_SLICES % world == 0]

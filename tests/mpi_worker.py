@@ -8,8 +8,8 @@ Modes (rank 0 prints one JSON line on stdout where there is a result):
   fault-token CKPT    the last rank feeds an out-of-range token while its peers wait in an EP
                       collective: the whole job must abort with `[rank r/R] InputError: ...`
   cli ARGS [--- ARGS] runs `python -m lfm2engine.generate ARGS` once per group, in one job
-Uses the compiled _core when it imports, else the NumPy op contract (tests/numpy_ops.py) with a
-row-by-row gemm, so that results are row-batch invariant like the real kernels.
+Uses the compiled _core when it imports, else the `numpy` backend (the op contract in NumPy,
+row-batch invariant like the real kernels).
 """
 
 from __future__ import annotations
@@ -32,42 +32,18 @@ PROMPT_LENGTHS = (1, 7, 33, 4, 12, 2)
 
 
 def use_core() -> str:
-    """'cpp' when lfm2engine._core imports; otherwise patch the engine onto a row-invariant NumPy core."""
+    """'cpp' when lfm2engine._core imports, else 'numpy' (the engine then runs on device='numpy')."""
     try:
         import lfm2engine._core  # noqa: F401
 
         return "cpp"
     except ImportError:
-        import lfm2engine.model as model
-
-        core = invariant_numpy_core()
-        model._core_cpu = lambda: core
         return "numpy"
 
 
-def invariant_numpy_core():
-    """numpy_ops' op contract with gemm done one row at a time (BLAS picks different kernels for
-    different row counts; the C++ kernels guarantee a row's result does not depend on them)."""
-    import numpy_ops
-
-    def gemm(out, x, w):
-        wf = numpy_ops._w(w)
-        for i in range(x.shape[0]):
-            out[i] = wf @ x[i]
-
-    class Cpu(numpy_ops._Core.cpu):
-        pass
-
-    Cpu.gemm = staticmethod(gemm)
-
-    class Core:
-        cpu = Cpu
-
-        @staticmethod
-        def set_num_threads(n):
-            pass
-
-    return Core()
+def device() -> str:
+    """The backend the checks run on: 'cpu' (compiled core) or 'numpy'."""
+    return "cpu" if use_core() == "cpp" else "numpy"
 
 
 AWKWARD = dict(  # E=3 < R=4 (one rank holds no expert under EP), Fe=10 -> TP slices of 3, 3, 2, 2
@@ -98,7 +74,7 @@ def test_prompts(vocab: int, lengths=PROMPT_LENGTHS, seed: int = 7) -> list[list
 def invariance(comm, ckpts, new_tokens: int = 8) -> list[dict]:
     """Per checkpoint: reference tokens/logits of the unsharded engine, then every plan's."""
     from lfm2engine.errors import ParallelError
-    from lfm2engine.model import Engine
+    from lfm2engine import Engine
     from lfm2engine.parallel import executors
     from lfm2engine.parallel.data_parallel import plan_generate, plan_logits
     from lfm2engine.parallel.plan import KINDS, ParallelPlan
@@ -106,7 +82,7 @@ def invariance(comm, ckpts, new_tokens: int = 8) -> list[dict]:
     rank, size = comm.Get_rank(), comm.Get_size()
     report = []
     for path in ckpts:
-        base = Engine.from_pretrained(path, num_threads=1)
+        base = Engine.from_pretrained(path, num_threads=1, device=device())
         cfg = base.config
         prompts = test_prompts(cfg.vocab_size)
         few = prompts[:3]  # fewer requests than ranks at R = 4
@@ -195,13 +171,13 @@ def tagged_cases(comm) -> list[int]:
 def fault_token(comm, ckpt: str) -> None:
     """All ranks run one good EP pass; then the last rank submits token id V while the others
     submit good prompts and block in the first MoE dispatch. The guard must abort the job."""
-    from lfm2engine.model import Engine
+    from lfm2engine import Engine
     from lfm2engine.parallel import executors
     from lfm2engine.parallel.plan import ParallelPlan
 
     rank, size = comm.Get_rank(), comm.Get_size()
     plan = ParallelPlan("ep", size, rank)
-    eng = executors.sharded_copy(Engine.from_pretrained(ckpt, num_threads=1), plan, comm)
+    eng = executors.sharded_copy(Engine.from_pretrained(ckpt, num_threads=1, device=device()), plan, comm)
     v = eng.config.vocab_size
     eng.logits([[1, 2, 3]])
     bad = rank == size - 1

@@ -152,12 +152,9 @@ def cli_job(ckpts, tmp_path_factory):
 @pytest.fixture(scope="module")
 def single_rank_engine(ckpts):
     """The unsharded engine in this process (compiled core, or the worker's NumPy stand-in)."""
-    import lfm2engine.model as model
+    from lfm2engine import Engine
 
-    saved = model._core_cpu
-    mpi_worker.use_core()
-    yield model.Engine.from_pretrained(ckpts[0])
-    model._core_cpu = saved
+    return Engine.from_pretrained(ckpts[0], device=mpi_worker.device())
 
 
 def test_cli_plans_match_the_single_rank_engine(cli_job, single_rank_engine):

@@ -600,16 +600,14 @@ def test_every_op_has_a_cuda_twin():
 
 @pytest.fixture(scope="module")
 def engines(hf_ckpt):
-    from lfm2engine import Engine, cuda_model
+    from lfm2engine import Engine
 
     cache = {}
 
     def get(name, dtype="float32", device="cpu"):
         key = (name, dtype, device)
         if key not in cache:
-            path = hf_ckpt(name)
-            cache[key] = (cuda_model.from_pretrained(path, dtype) if device == "cuda"
-                          else Engine.from_pretrained(path, dtype=dtype))
+            cache[key] = Engine.from_pretrained(hf_ckpt(name), dtype=dtype, device=device)
         return cache[key]
 
     return get
@@ -671,7 +669,7 @@ def test_model_prefill_equals_stepwise_decode_with_graphs(engines, rng):
     s = gpu.session(1, 32)
     s.prefill([ids[:1]])
     step = np.stack([s.forward([0], [[t]])[0] for t in ids[1:]])  # T = 1: eager, capture, replays
-    assert 1 in s._graphs, "decode steps of one batch size are captured as a CUDA Graph"
+    assert 1 in s.backend_cache["graphs"], "decode steps of one batch size are captured as a CUDA Graph"
     full = gpu.session(1, 32).forward([0], [ids], all_logits=True)[1:]
     np.testing.assert_allclose(step, full, rtol=1e-5, atol=1e-5 * np.abs(full).max())
 
@@ -681,12 +679,12 @@ def test_model_graph_replay_equals_eager(engines, rng):
     prompts = prompts_for(gpu.config, rng, (4, 9, 2))
     runs = []
     for graphs in (True, False):
-        gpu.use_graphs = graphs
+        gpu.backend.use_graphs = graphs
         s = gpu.session(3, 32)
         s.prefill(prompts)
         toks = [[1], [2], [3]]
         runs.append(np.stack([s.forward([0, 1, 2], toks) for _ in range(5)]))
-    gpu.use_graphs = True
+    gpu.backend.use_graphs = True
     assert np.array_equal(runs[0], runs[1]), "a replayed graph runs the same kernels on the same shapes"
 
 
@@ -703,19 +701,25 @@ def test_model_rollback_matches_cpu(engines, rng):
     np.testing.assert_allclose(out[0], out[1], rtol=0, atol=1e-3)
 
 
-def test_model_tree_verification_is_cpu_only(engines):
-    from lfm2engine.errors import BackendError
-
-    s = engines("moe_a", "float32", "cuda").session(1, 16)
-    s.prefill([[1, 2, 3]])
-    with pytest.raises(BackendError, match="cpu"):
-        s.forward_tree(0, [4, 5], [-1, 0])
+def test_model_tree_verification_matches_cpu(engines, rng):
+    """forward_tree / commit_tree run the same shared code on the GPU (host-side tree short conv
+    and slot moves): the same logits as the CPU within fp32 rounding, and the same cache after."""
+    gpu, ref = engines("moe_a", "float32", "cuda"), engines("moe_a", "float32")
+    ids = rng.integers(0, ref.config.vocab_size, 6).tolist()
+    out = []
+    for eng in (gpu, ref):
+        s = eng.session(1, 32, rollback=4)
+        s.prefill([ids])
+        tree = s.forward_tree(0, [4, 5, 6, 7], [-1, 0, -1, 2])
+        s.commit_tree([2, 3])
+        out.append(np.concatenate([tree, s.forward([0], [[9, 10]], all_logits=True)]))
+    np.testing.assert_allclose(out[0], out[1], rtol=0, atol=1e-3)
 
 
 def test_engine_from_pretrained_device_cuda(hf_ckpt, rng):
-    """model.Engine.from_pretrained(device='cuda') hands over to cuda_model (the lead's hook)."""
-    from lfm2engine import Engine, cuda_model
+    """Engine.from_pretrained(device='cuda') gives the one Engine on the cuda backend."""
+    from lfm2engine import Engine
 
     eng = Engine.from_pretrained(hf_ckpt("moe_a"), device="cuda")
-    assert isinstance(eng, cuda_model.CudaEngine) and eng.device == "cuda"
+    assert eng.backend.name == "cuda" and eng.device == "cuda" and not eng.backend.host_memory
     assert eng.logits([[1, 2, 3]]).shape == (1, eng.config.vocab_size)

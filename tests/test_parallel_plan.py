@@ -100,19 +100,15 @@ def test_tree_sum_of_aligned_blocks_equals_tree_of_all_leaves(rng):
 
 @pytest.fixture(scope="module")
 def core():
-    """The compiled core when built, else the NumPy op contract with a row-invariant gemm (the
-    engine module is patched for this module only)."""
-    import lfm2engine.model as model
+    """(kind, ops): the compiled CPU ops when built, else the NumPy op contract (row-invariant)."""
+    from lfm2engine.backends import get_backend
 
-    saved = model._core_cpu
-    kind = mpi_worker.use_core()
-    yield kind, model._core_cpu()
-    model._core_cpu = saved
+    return mpi_worker.use_core(), get_backend(mpi_worker.device()).ops
 
 
 def test_weighted_sum_matches_fused_moe_experts_bitwise(core, rng):
     """The combine EP runs on the home rank == the fused single-rank kernel, bit for bit."""
-    ops = core[1].cpu
+    ops = core[1]
     t_, d, e, k, fe = 37, 24, 5, 3, 10
     x = rng.standard_normal((t_, d)).astype(np.float32)
     w13 = (rng.standard_normal((e, 2 * fe, d)) / 4).astype(np.float32)
@@ -134,7 +130,7 @@ def test_tagged_payloads_route_exactly_in_the_simulator(world):
 # ---------------------------------------------------------------------------------------- simulator
 @pytest.fixture(scope="module")
 def engines(core, hf_ckpt, tmp_path_factory):
-    from lfm2engine.model import Engine
+    from lfm2engine import Engine
 
     made = {}
 
@@ -142,7 +138,7 @@ def engines(core, hf_ckpt, tmp_path_factory):
         if name not in made:
             path = (mpi_worker.make_awkward_checkpoint(str(tmp_path_factory.mktemp("awkward")))
                     if name == "awkward" else hf_ckpt(name))
-            made[name] = Engine.from_pretrained(path)
+            made[name] = Engine.from_pretrained(path, device=mpi_worker.device())
         return made[name]
 
     return get
@@ -230,7 +226,7 @@ def test_executor_counts_bytes_like_the_formula(engines):
 
 
 def test_plans_on_a_dense_model_are_refused(engines, hf_ckpt):
-    from lfm2engine.model import Engine
+    from lfm2engine import Engine
 
     eng = Engine.from_pretrained(hf_ckpt("dense"))
     with pytest.raises(ParallelError, match="has none; hint: use --plan dp"):

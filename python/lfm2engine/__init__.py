@@ -25,7 +25,7 @@ __all__ = [
 
 def __getattr__(name):
     if name in ("Engine", "load_model"):
-        from . import model
+        from . import engine
 
-        return getattr(model, name)
+        return getattr(engine, name)
     raise AttributeError(f"module 'lfm2engine' has no attribute {name!r}")

@@ -96,7 +96,7 @@ def default_threads(size: int) -> int:
 
 
 def load_engine(args, comm, model_dir):
-    from .model import Engine
+    from .engine import Engine
 
     plan = ParallelPlan(args.plan, comm.Get_size(), comm.Get_rank())  # a bad world size fails before loading
     threads = args.threads or default_threads(node_local(comm)[1])  # cores shared by this node's ranks

@@ -5,7 +5,7 @@ mode uses the rejection rule of Leviathan et al. / Chen et al. (2023), extended 
 candidates per position (recursive rejection over i.i.d. draft samples, as in SpecInfer), so
 that every committed token is distributed as the target's. Not a batched server: one sequence
 at a time. Caches are rolled back with `Session.truncate` (chain mode) or advanced with
-`Session.commit_tree` (tree mode); the short-conv state rollback lives in model.py (Session).
+`Session.commit_tree` (tree mode); the short-conv state rollback lives in session.py (Session).
 `python -m lfm2engine.specdecode` runs it, times plain decoding of the target in the same run,
 and reports acceptance, histogram, rollbacks, latency, throughput and speed-up (docs/specdecode.md).
 """
@@ -495,7 +495,7 @@ def make_self_draft(target, spec: str, model_dir: str | None = None, threads: in
     topk=N (N active experts per token), skip=LIST or skip=auto:N (layers bypassed; auto:N picks
     them by calibration), dtype=bfloat16|float16 (a second engine with reduced-precision weights,
     loaded from model_dir). Returns (engine, canonical description)."""
-    from .model import DTYPES, Engine
+    from .engine import DTYPES, Engine
 
     items = [s.strip() for s in spec.split("+") if s.strip()]
     if not items:
@@ -729,7 +729,7 @@ def _same_tokenizer(target_dir: str, draft_dir: str) -> None:
 
 def _main(args) -> int:
     from .generate import parse_ids
-    from .model import Engine
+    from .engine import Engine
 
     log.configure(0, 1, 0 if args.quiet else 1)
     ks = parse_int_list(args.k, "-k")

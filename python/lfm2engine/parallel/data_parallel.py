@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..generation import decode_loop
 from ..sampling import Sampler
 from .comm import allreduce_max, gather_rows
 from .executors import idle_pass
@@ -50,38 +51,11 @@ def generate_in_step(eng, comm, prompts, request_ids, max_new_tokens: int, tempe
     """Engine.generate's loop for EP: the same tokens, but every rank makes the same number of
     forward passes (an idle pass where it has no live sequence) and stops only when no rank has
     a live sequence. prompts may be empty on some ranks."""
-    n = len(prompts)
-    out: list[list[int]] = [[] for _ in range(n)]
-    if max_new_tokens == 0:
-        return out
     sampler = Sampler(temperature, top_k, top_p, seed, request_ids)
-    s = None
-    if n:
+    if prompts:
         prompts = eng.check_prompts(prompts, max_new_tokens)
-        s = eng.session(n, max(len(p) for p in prompts) + max_new_tokens)
-        logits = s.prefill(prompts)
-    else:
-        idle_pass(eng)
-    live = list(range(n))
-    eos = set(eng.config.eos_ids) if stop_at_eos else set()
-    for step in range(max_new_tokens):
-        nxt = []
-        if live:
-            toks = sampler.pick(logits, live)
-            for j, b in enumerate(live):
-                out[b].append(int(toks[j]))
-                if int(toks[j]) not in eos and step + 1 < max_new_tokens:
-                    nxt.append((b, int(toks[j])))
-            if on_step is not None:
-                on_step(step + 1, len(live))
-        if allreduce_max(comm, len(nxt)) == 0:
-            break
-        live = [b for b, _ in nxt]
-        if live:
-            logits = s.forward(live, [[t] for _, t in nxt])
-        else:
-            idle_pass(eng)
-    return out
+    return decode_loop(eng, list(prompts), max_new_tokens, sampler, stop_at_eos, on_step,
+                       agree=lambda n: allreduce_max(comm, n), idle=lambda: idle_pass(eng))
 
 
 def plan_generate(eng, plan: ParallelPlan, comm, prompts, max_new_tokens: int, on_step=None,

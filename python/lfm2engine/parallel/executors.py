@@ -11,7 +11,6 @@ Not here: request splitting and idle passes (data_parallel.py), plan tables (pla
 
 from __future__ import annotations
 
-import copy
 import time
 
 import numpy as np
@@ -133,20 +132,6 @@ class TensorParallelMoE(_Executor):
         return y
 
 
-def _private_weights(engine):
-    """A copy of the engine's Weights whose layer objects may be changed without touching the
-    original (the simulator installs several ranks from one loaded engine)."""
-    w = copy.copy(engine.w)
-    layers = []
-    for lw in engine.w.layers:
-        nl = type(lw)()
-        for s in type(lw).__slots__:
-            setattr(nl, s, getattr(lw, s))
-        layers.append(nl)
-    w.layers = layers
-    return w
-
-
 def install(engine, plan, comm):
     """Make `engine` run its MoE layers under `plan` ("ep"/"tp" or a ParallelPlan) over `comm`.
     Returns the executor (also `engine.moe_impl`). The rank's copy of the weights keeps only its
@@ -160,10 +145,14 @@ def install(engine, plan, comm):
     cfg = engine.config
     if plan.kind == "dp":
         return None
+    if not engine.backend.host_memory:
+        raise ParallelError(f"plan {plan.kind} exchanges rows through host memory; the {engine.device} backend "
+                            "keeps them on the device: use --plan dp (one model per rank)")
     if not cfg.is_moe:
         raise ParallelError(f"plan {plan.kind} shards experts, but this {cfg.model_type} model has none; "
                             "hint: use --plan dp")
-    w = _private_weights(engine)
+    # the rank's own layer objects: the simulator installs several ranks from one loaded engine
+    w = engine.w.with_layers([lw.copy() for lw in engine.w.layers])
     fe = cfg.moe_intermediate_size
     per_layer: dict = {}
     for i, lw in enumerate(w.layers):
@@ -189,9 +178,7 @@ def install(engine, plan, comm):
 def sharded_copy(engine, plan, comm):
     """A new engine sharing `engine`'s loaded weights, with `plan` installed over `comm` (the
     simulator's virtual ranks, tests and benchmarks compare plans from one loaded model)."""
-    e = copy.copy(engine)
-    e.__dict__.pop("_fused", None)  # the engine's cached fused C++ model is not shared between copies
-    e.moe_impl = e.local_moe
+    e = engine.derive(skip_layers=engine.skip_layers)
     install(e, plan, comm)
     return e
 

@@ -1,28 +1,41 @@
-"""The `_core.cpu` op contract implemented on top of reference.py (tests only).
+"""The op contract of csrc/cpu/ops.h in plain NumPy, on top of reference.py: the `numpy` backend.
 
-Lets the engine's Python logic (sessions, ragged batches, trees, rollback, parallel plans) be
-tested against the same op signatures without the compiled extension, and documents the
-contract executable-ly. Weights may be f32, f16 or bf16 bits (uint16).
+Lets the engine's shared logic (sessions, ragged batches, trees, rollback, parallel plans) run
+and be tested without the compiled extension, and documents the contract executably. Weights
+may be f32, f16 or bf16 bits (uint16). Like the C++ kernels, every op is row-batch invariant:
+gemm multiplies one row at a time (a BLAS call over several rows may pick another kernel, and
+another summation order, for another row count). Slow; never on a hot path.
 """
 
 import numpy as np
 
-from lfm2engine import reference as ref
-from lfm2engine.checkpoint import bf16_to_f32
+from .. import reference as ref
+from ..checkpoint import bf16_to_f32
 
 
-def _w(a):
+def w_f32(a: np.ndarray) -> np.ndarray:
+    """A weight array (f32, f16 or bf16 bits) as float32."""
     return bf16_to_f32(a) if a.dtype == np.uint16 else a.astype(np.float32)
 
 
 def gemm(out, x, w):
-    out[:] = ref.gemm(x, _w(w))
+    wf = w_f32(w)
+    for i in range(x.shape[0]):
+        out[i] = wf @ x[i]
+
+
+def qkv_split(q, k, v, qkv):
+    """q [T, H, Dh], k, v [T, Hkv, Dh] = the column blocks of qkv [T, (H + 2 Hkv) Dh]."""
+    nq, nk = q.shape[1] * q.shape[2], k.shape[1] * k.shape[2]
+    q[...] = qkv[:, :nq].reshape(q.shape)
+    k[...] = qkv[:, nq : nq + nk].reshape(k.shape)
+    v[...] = qkv[:, nq + nk :].reshape(v.shape)
 
 
 def embedding(out, table, ids):
     if np.any((ids < 0) | (ids >= table.shape[0])):
         raise IndexError("token id out of range")
-    out[:] = _w(table)[ids]
+    out[:] = w_f32(table)[ids]
 
 
 def rmsnorm(out, x, w, eps):
@@ -82,8 +95,8 @@ def moe_expert_rows(out, x, eids, w13, w2):
         if e < 0:
             out[n] = 0
             continue
-        gu = _w(w13[e]) @ x[n]
-        out[n] = _w(w2[e]) @ ref.swiglu(gu[:fe], gu[fe:])
+        gu = w_f32(w13[e]) @ x[n]
+        out[n] = w_f32(w2[e]) @ ref.swiglu(gu[:fe], gu[fe:])
 
 
 def moe_experts(out, x, ids, w, w13, w2):
@@ -99,21 +112,3 @@ def moe_experts(out, x, ids, w, w13, w2):
 
 def argmax(out, logits):
     out[:] = np.argmax(logits, axis=-1)
-
-
-class _Core:
-    """Stands in for the lfm2engine._core module."""
-
-    class cpu:  # noqa: N801 - mirrors the extension's submodule name
-        pass
-
-    @staticmethod
-    def set_num_threads(n):
-        pass
-
-
-for _n in ("gemm", "embedding", "rmsnorm", "rope", "kv_write", "attention", "shortconv", "swiglu", "moe_route",
-           "moe_expert_rows", "moe_experts", "argmax"):
-    setattr(_Core.cpu, _n, staticmethod(globals()[_n]))
-
-core = _Core()
