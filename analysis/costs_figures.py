@@ -90,7 +90,7 @@ def decode_roofline() -> str:
     for name in ("lfm2-8b-a1b", "deepseek-v3"):
         arch = costs.parse_config(name)
         total = costs.param_breakdown(arch)["total"] * 2
-        touched = [costs._weight_bytes_touched(arch, int(t), 2) / total for t in tokens]
+        touched = [costs.weight_bytes_touched(arch, int(t), 2) / total for t in tokens]
         bx.plot(tokens, touched, color=COLORS[name], label=NAMES[name])
         active = costs.param_breakdown(arch)["active"] * 2 / total
         bx.axhline(active, color=COLORS[name], ls=":", lw=1)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from lfm2engine.config import LFM2Config
+from lfm2engine.config import LFM2Config, read_config_json
 from lfm2engine.errors import ConfigError
 from lfm2engine.synthetic import LFM2_8B_A1B, preset_config
 
@@ -93,3 +93,71 @@ def test_presets():
     assert d.layer_types == f.layer_types and d.num_experts == f.num_experts == 32
     with pytest.raises(ConfigError, match="unknown synthetic preset"):
         preset_config("huge")
+
+
+def test_read_config_json(tmp_path):
+    d = dict(LFM2_8B_A1B)
+    write(tmp_path, d)
+    assert read_config_json(tmp_path) == (d, str(tmp_path / "config.json"))
+    assert read_config_json(tmp_path / "config.json") == (d, str(tmp_path / "config.json"))
+    with pytest.raises(ConfigError, match="config.json not found"):
+        read_config_json(tmp_path / "elsewhere")
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="expected a JSON object, found list"):
+        read_config_json(tmp_path)
+
+
+# What the engine cannot run but whose shapes are well defined: shapes_only=True accepts it.
+ENGINE_ONLY = [
+    (dict(conv_bias=True), "conv_bias"),
+    (dict(rope_parameters={"rope_type": "yarn", "factor": 4.0}), "rope_type"),
+    (dict(rope_parameters=[1, 2]), "rope_parameters must be an object"),
+    (dict(eos_token_id=70000), "eos_token_id"),
+    (dict(norm_eps=0.0), "norm_eps"),
+    (dict(hidden_size=2016, num_attention_heads=32, num_key_value_heads=8), "must be even for RoPE"),  # head_dim 63
+]
+
+
+@pytest.mark.parametrize("change, words", ENGINE_ONLY)
+def test_shapes_only_accepts_what_only_the_engine_rejects(change, words):
+    with pytest.raises(ConfigError, match=words):
+        LFM2Config.from_dict(dict(LFM2_8B_A1B, **change))
+    c = LFM2Config.from_dict(dict(LFM2_8B_A1B, **change), shapes_only=True)
+    ref = LFM2Config.from_dict(LFM2_8B_A1B)
+    assert c.layer_types == ref.layer_types and c.ffn_dim == ref.ffn_dim
+    assert [c.is_moe_layer(i) for i in range(24)] == [ref.is_moe_layer(i) for i in range(24)]
+
+
+@pytest.mark.parametrize("shapes_only", [False, True])
+@pytest.mark.parametrize("change, words", [
+    (dict(layer_types=["conv"] * 23), r"layer_types must list 24 entries, found 23 .*num_hidden_layers = 24"),
+    (dict(num_dense_layers=25), "num_dense_layers 25 exceeds num_hidden_layers 24"),
+    (dict(num_experts_per_tok=33), "num_experts_per_tok"),
+    (dict(num_key_value_heads=5), "multiple"),
+    (dict(head_dim=128), "head_dim 128 differs from hidden_size / num_attention_heads = 64"),
+    (dict(layer_types=None, full_attn_idxs=3), "full_attn_idxs must be layer indices"),
+])
+def test_shape_errors_in_both_modes(change, words, shapes_only):
+    with pytest.raises(ConfigError, match=words):
+        LFM2Config.from_dict(dict(LFM2_8B_A1B, **change), shapes_only=shapes_only)
+
+
+def test_dense_width_rule_checks_block_multiple_of():
+    base = dict(model_type="lfm2", vocab_size=10, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+                layer_types=["conv", "full_attention"], intermediate_size=100)
+    for m in (0, -16, 1.5, "32"):
+        with pytest.raises(ConfigError, match="block_multiple_of must be a positive integer"):
+            LFM2Config.from_dict(dict(base, block_multiple_of=m))
+    # Unused when the width is not adjusted, or when the multiplier is null.
+    assert LFM2Config.from_dict(dict(base, block_multiple_of=0, block_auto_adjust_ff_dim=False)).ffn_dim == 100
+    assert LFM2Config.from_dict(dict(base, block_multiple_of=0, block_ffn_dim_multiplier=None)).ffn_dim == 66
+    # HF's defaults for dense LFM2: every layer attention without layer_types / full_attn_idxs.
+    no_types = {k: v for k, v in base.items() if k != "layer_types"}
+    assert LFM2Config.from_dict(no_types).attention_layers == [0, 1]
+    assert LFM2Config.from_dict(dict(base, head_dim=4)).head_dim == 4  # an explicit head_dim that agrees
+
+
+def test_replace_still_checks_num_dense_layers():
+    c = LFM2Config.from_dict(LFM2_8B_A1B)
+    with pytest.raises(ConfigError, match="num_dense_layers must be >= 0"):
+        c.replace(num_dense_layers=-1)

@@ -209,6 +209,39 @@ def test_counts_equal_checkpoint_manifest(name):
     assert (pb["total"], pb["buffers_not_counted"]) == (params, buffers)
 
 
+@pytest.mark.parametrize("name", [LFM2, "lfm2_moe", "lfm2_dense_adjust"])
+def test_lfm2_layers_come_from_lfm2config(name):
+    from lfm2engine.config import LFM2Config
+
+    d = shipped(name) if name == LFM2 else TINY_HF[name]
+    cfg = LFM2Config.from_dict(d, shapes_only=True)  # lfm2_dense_adjust has conv_bias: the engine rejects it
+    arch = costs.parse_config(d)
+    assert arch.n_layers == cfg.num_hidden_layers and arch.tied == cfg.tie_word_embeddings
+    for i, layer in enumerate(arch.layers):
+        assert isinstance(layer.mixer, costs.Attention) == cfg.is_attention_layer(i)
+        assert isinstance(layer.ffn, costs.MoE) == cfg.is_moe_layer(i)
+        if isinstance(layer.mixer, costs.Attention):
+            assert (layer.mixer.kv_heads, layer.mixer.head_dim) == (cfg.num_key_value_heads, cfg.head_dim)
+        else:
+            assert (layer.mixer.kernel, layer.mixer.bias) == (cfg.conv_L_cache, cfg.conv_bias)
+        if isinstance(layer.ffn, costs.DenseMLP):
+            assert layer.ffn.width == cfg.ffn_dim
+        else:
+            assert (layer.ffn.experts, layer.ffn.top_k, layer.ffn.width) == (
+                cfg.num_experts, cfg.num_experts_per_tok, cfg.moe_intermediate_size)
+
+
+def test_lfm2_hf_rules_via_lfm2config():
+    # transformers' Lfm2Config: block_ff_dim wins over intermediate_size; no layer_types means all attention.
+    d = dict(TINY_HF["lfm2_dense_adjust"], intermediate_size=96, block_ff_dim=200)
+    assert costs.param_breakdown(costs.parse_config(d))["total"] == _hf_count(d)
+    d = {k: v for k, v in TINY_HF["lfm2_dense_adjust"].items() if k != "full_attn_idxs"}
+    assert [lyr.mixer.kind for lyr in costs.parse_config(d).layers] == ["attention"] * 4
+    assert costs.param_breakdown(costs.parse_config(d))["total"] == _hf_count(d)
+    with pytest.raises(ConfigError, match="head_dim 16 differs"):  # the engine and costs derive it
+        costs.parse_config(dict(TINY_HF["lfm2_moe"], head_dim=16))
+
+
 def test_config_sources_agree(tmp_path):
     d = shipped("llama-7b")
     (tmp_path / "config.json").write_text(json.dumps(d))

@@ -21,6 +21,27 @@ CONV = "conv"
 SUPPORTED_MODEL_TYPES = ("lfm2", "lfm2_moe")
 
 
+def read_config_json(path: str | os.PathLike) -> tuple[dict, str]:
+    """(dict, path read) of a config.json given as a file or a directory holding one.
+
+    The one config.json reader of the package (LFM2Config.from_hf and lfm2engine.costs); every
+    problem (missing file, bad JSON, not an object) is a ConfigError naming the path.
+    """
+    p = os.fspath(path)
+    if os.path.isdir(p):
+        p = os.path.join(p, "config.json")
+    if not os.path.isfile(p):
+        raise ConfigError(f"{p}: config.json not found (a Hugging Face checkpoint directory needs one)")
+    try:
+        with open(p, encoding="utf-8") as f:
+            d = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{p}: not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"{p}: expected a JSON object, found {type(d).__name__}")
+    return d, p
+
+
 @dataclass(frozen=True)
 class LFM2Config:
     model_type: str
@@ -136,22 +157,17 @@ class LFM2Config:
     @classmethod
     def from_hf(cls, path: str | os.PathLike) -> "LFM2Config":
         """Read `config.json` from a checkpoint directory or a file path."""
-        p = os.fspath(path)
-        if os.path.isdir(p):
-            p = os.path.join(p, "config.json")
-        if not os.path.isfile(p):
-            raise ConfigError(f"{p}: config.json not found (a Hugging Face checkpoint directory needs one)")
-        try:
-            with open(p, encoding="utf-8") as f:
-                d = json.load(f)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ConfigError(f"{p}: not valid JSON ({e})") from None
-        if not isinstance(d, dict):
-            raise ConfigError(f"{p}: expected a JSON object, found {type(d).__name__}")
+        d, p = read_config_json(path)
         return cls.from_dict(d, source=p)
 
     @classmethod
-    def from_dict(cls, d: dict, source: str = "config") -> "LFM2Config":
+    def from_dict(cls, d: dict, source: str = "config", *, shapes_only: bool = False) -> "LFM2Config":
+        """Build and validate a config from a config.json dict.
+
+        shapes_only=True checks only what defines the model's layers and tensor shapes, and accepts
+        configs the engine cannot run (conv_bias, non-default RoPE, odd head_dim, token ids outside
+        the vocabulary, norm_eps or rope_theta <= 0): lfm2engine.costs counts such models.
+        """
         d = dict(d)
         mt = d.get("model_type")
         if mt not in SUPPORTED_MODEL_TYPES:
@@ -192,13 +208,14 @@ class LFM2Config:
                 if is_moe:
                     raise ConfigError(f"{source}: lfm2_moe needs 'layer_types' (or 'full_attn_idxs')")
                 idxs = list(range(n_layers))  # HF's default for dense LFM2
-            if not all(isinstance(i, int) and 0 <= i < n_layers for i in idxs):
+            if not isinstance(idxs, list) or not all(isinstance(i, int) and 0 <= i < n_layers for i in idxs):
                 raise ConfigError(f"{source}: full_attn_idxs must be layer indices in [0, {n_layers}), found {idxs}")
             layer_types = [ATTENTION if i in idxs else CONV for i in range(n_layers)]
         if not isinstance(layer_types, list) or len(layer_types) != n_layers:
             raise ConfigError(
-                f"{source}: layer_types must list {n_layers} entries (num_hidden_layers), "
-                f"found {len(layer_types) if isinstance(layer_types, list) else type(layer_types).__name__}"
+                f"{source}: layer_types must list {n_layers} entries, found "
+                f"{len(layer_types) if isinstance(layer_types, list) else type(layer_types).__name__} "
+                f"(one type per layer: it must list num_hidden_layers = {n_layers})"
             )
         bad = sorted({t for t in layer_types if t not in (ATTENTION, CONV)})
         if bad:
@@ -206,9 +223,11 @@ class LFM2Config:
 
         rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
         if not isinstance(rope, dict):
-            raise ConfigError(f"{source}: rope_parameters must be an object, found {rope!r}")
+            if not shapes_only:
+                raise ConfigError(f"{source}: rope_parameters must be an object, found {rope!r}")
+            rope = {}
         rtype = rope.get("rope_type", rope.get("type", "default"))
-        if rtype not in (None, "default"):
+        if rtype not in (None, "default") and not shapes_only:
             raise ConfigError(f"{source}: rope_type {rtype!r} is not supported (only 'default' RoPE)")
         theta = rope.get("rope_theta", d.get("rope_theta", 1_000_000.0))
 
@@ -258,10 +277,11 @@ class LFM2Config:
         known = {f.name for f in dataclasses.fields(cls)}
         kw["extra"] = {k: v for k, v in d.items() if k not in known}
         cfg = cls(**kw)
-        cfg.validate(source)
+        cfg.validate(source, shapes_only=shapes_only)
         return cfg
 
-    def validate(self, source: str = "config") -> None:
+    def validate(self, source: str = "config", *, shapes_only: bool = False) -> None:
+        """Raise ConfigError for anything wrong; shapes_only=True: only what the model's shapes need."""
         def bad(msg):
             raise ConfigError(f"{source}: {msg}")
 
@@ -275,6 +295,28 @@ class LFM2Config:
         if self.num_attention_heads % self.num_key_value_heads:
             bad(f"num_attention_heads {self.num_attention_heads} is not a multiple of "
                 f"num_key_value_heads {self.num_key_value_heads} (GQA needs whole groups)")
+        hd = self.extra.get("head_dim")
+        if hd is not None and hd != self.head_dim:
+            bad(f"head_dim {hd!r} differs from hidden_size / num_attention_heads = {self.head_dim}; "
+                "LFM2 derives head_dim from those two")
+        if not self.is_moe and self.block_auto_adjust_ff_dim and self.block_ffn_dim_multiplier is not None:
+            m = self.block_multiple_of
+            if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+                bad(f"block_multiple_of must be a positive integer, found {m!r}")
+        if self.ffn_dim < 1:
+            bad(f"dense FFN width computes to {self.ffn_dim}")
+        if self.is_moe:
+            if self.num_experts < 1 or self.moe_intermediate_size < 1:
+                bad("num_experts and moe_intermediate_size must be >= 1")
+            if not (1 <= self.num_experts_per_tok <= self.num_experts):
+                bad(f"num_experts_per_tok {self.num_experts_per_tok} must be in [1, num_experts={self.num_experts}]")
+            if self.num_dense_layers < 0:
+                bad(f"num_dense_layers must be >= 0, found {self.num_dense_layers}")
+            if self.num_dense_layers > self.num_hidden_layers:
+                bad(f"num_dense_layers {self.num_dense_layers} exceeds num_hidden_layers {self.num_hidden_layers}")
+        if shapes_only:
+            return
+        # What the engine (and HF's RoPE) needs to run the model, beyond its shapes.
         if self.head_dim % 2:
             bad(f"head_dim {self.head_dim} (hidden_size / num_attention_heads) must be even for RoPE")
         if self.conv_bias:
@@ -283,8 +325,6 @@ class LFM2Config:
             bad(f"norm_eps must be > 0, found {self.norm_eps}")
         if not self.rope_theta > 0:
             bad(f"rope_theta must be > 0, found {self.rope_theta}")
-        if self.ffn_dim < 1:
-            bad(f"dense FFN width computes to {self.ffn_dim}")
         for name in ("bos_token_id", "pad_token_id"):
             v = getattr(self, name)
             if v is not None and not (0 <= v < self.vocab_size):
@@ -292,13 +332,6 @@ class LFM2Config:
         for e in self.eos_ids:
             if not (0 <= e < self.vocab_size):
                 bad(f"eos_token_id {e} is outside the vocabulary [0, {self.vocab_size})")
-        if self.is_moe:
-            if self.num_experts < 1 or self.moe_intermediate_size < 1:
-                bad("num_experts and moe_intermediate_size must be >= 1")
-            if not (1 <= self.num_experts_per_tok <= self.num_experts):
-                bad(f"num_experts_per_tok {self.num_experts_per_tok} must be in [1, num_experts={self.num_experts}]")
-            if not (0 <= self.num_dense_layers <= self.num_hidden_layers):
-                bad(f"num_dense_layers {self.num_dense_layers} must be in [0, {self.num_hidden_layers}]")
 
     def replace(self, **changes) -> "LFM2Config":
         cfg = dataclasses.replace(self, **changes)
