@@ -146,3 +146,39 @@ def test_backend_base_primitives_on_host_arrays():
     b.write(v, np.full(2, 5, np.float32))
     b.zero_(x[0])
     assert np.array_equal(x, np.array([[0, 0], [5, 5], [1, 1]], np.float32))
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda s: s.truncate(-1, 2), "sequence -1 is outside"),
+    (lambda s: s.truncate(2, 0), "sequence 2 is outside"),
+    (lambda s: s.truncate(True, 0), "sequence True is outside"),
+    (lambda s: s.truncate(0, 1.0), "cannot truncate to 1.0"),
+    (lambda s: s.forward([0], [[1.9]]), "token ids must be integers"),
+    (lambda s: s.forward([0], [[True]]), "token ids must be integers"),
+    (lambda s: s.forward([0, 1], [[1]]), "2 sequences but 1 token lists"),
+    (lambda s: s.forward([0], [[1], [2]]), "1 sequences but 2 token lists"),
+    (lambda s: s.forward([], []), "no sequences"),
+    (lambda s: s.forward([-1], [[1]]), "sequence -1 is outside"),
+    (lambda s: s.forward([0.0], [[1]]), "sequence 0.0 is outside"),
+    (lambda s: s.forward_tree(-2, [1], [-1]), "sequence -2 is outside"),
+    (lambda s: s.forward_tree(0, [1, 2], [-1, 0.5]), "parents must be a 1-D list of integer"),
+    (lambda s: s.forward_tree(0, [], []), "no nodes"),
+    (lambda s: (s.forward_tree(0, [1, 2], [-1, 0]), s.commit_tree([0.0, 1.0])), "path must be a list of integer"),
+])
+def test_session_misuse_is_an_input_error(call, match, engines):
+    """Negative or float slots, float token ids, mismatched lists: InputError, never a silent
+    reinterpretation (truncate(-1, ...) must not mean the last sequence; 1.9 is not token 1)."""
+    s = engines("moe_a", "numpy").session(2, 16, rollback=4)
+    s.prefill([[1, 2, 3], [4, 5]])
+    before = s.lengths.copy()
+    with pytest.raises(InputError, match=match):
+        call(s)
+    assert np.array_equal(s.lengths, before), "a refused call changed the session"
+
+
+@pytest.mark.parametrize("args,match", [((0, 4), "batch_size >= 1"), ((1, 0), "capacity >= 1"),
+                                        ((1, 4, -1), "rollback >= 0"), ((1.5, 4), "batch_size"),
+                                        ((1, 4, True), "rollback")])
+def test_session_sizes_are_checked(args, match, engines):
+    with pytest.raises(InputError, match=match):
+        engines("moe_a", "numpy").session(*args)

@@ -16,11 +16,33 @@ from .errors import InputError
 from .tree import TreePass, check_path, tree_layout, tree_mask
 
 
+def is_int(v) -> bool:
+    """A Python or NumPy integer (bool is not one)."""
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def token_array(tokens, vocab: int, what: str) -> np.ndarray:
+    """tokens (a list / array of integer ids) -> int64 [n]; InputError for non-integers (1.9 is
+    not token 1) and ids outside [0, vocab)."""
+    try:
+        a = np.asarray(tokens)
+    except (TypeError, ValueError):
+        raise InputError(f"{what}: tokens must be a list of integer token ids") from None
+    a = a.reshape(-1)
+    if a.size and not np.issubdtype(a.dtype, np.integer):
+        raise InputError(f"{what}: token ids must be integers, found {a.dtype} values (e.g. {a[0]!r})")
+    bad = np.nonzero((a < 0) | (a >= vocab))[0]
+    if bad.size:
+        raise InputError(f"{what}: token id {int(a[bad[0]])} is outside the vocabulary [0, {vocab})")
+    return a.astype(np.int64)
+
+
 class Session:
     def __init__(self, engine, batch_size: int, capacity: int, rollback: int = 0):
         cfg = engine.config
-        if batch_size < 1 or capacity < 1:
-            raise InputError(f"a session needs batch_size >= 1 and capacity >= 1, got {batch_size}, {capacity}")
+        for name, v, lo in (("batch_size", batch_size, 1), ("capacity", capacity, 1), ("rollback", rollback, 0)):
+            if not is_int(v) or v < lo:
+                raise InputError(f"a session needs an integer {name} >= {lo}, got {v!r}")
         if capacity > cfg.max_position_embeddings:
             raise InputError(f"capacity {capacity} exceeds the context of {cfg.max_position_embeddings} tokens")
         b = engine.backend
@@ -50,29 +72,36 @@ class Session:
             for a in self.uwin.values():
                 a[:] = 0
 
+    def check_seq(self, seq, what: str = "session") -> int:
+        """A sequence slot of this session as an int; InputError for anything else (no negative
+        indices counting from the end)."""
+        if not is_int(seq) or not 0 <= seq < self.batch_size:
+            raise InputError(f"{what}: sequence {seq!r} is outside this session's batch of {self.batch_size} "
+                             f"(slots 0..{self.batch_size - 1})")
+        return int(seq)
+
     def forward(self, seqs, tokens, all_logits: bool = False, mask=None, argmax: bool = False) -> np.ndarray:
         """Append tokens[j] to sequence seqs[j]; returns last-position logits [len(seqs), V], or
         every new position's logits [sum(len), V] when all_logits; with argmax, their argmax ids
         (int32) instead. `mask` (optional, uint8 [T, capacity]) replaces the causal rule."""
         eng, cfg = self.engine, self.cfg
-        seqs = [int(s) for s in seqs]
+        seqs, tokens = list(seqs), list(tokens)
+        if len(seqs) != len(tokens):
+            raise InputError(f"forward: {len(seqs)} sequences but {len(tokens)} token lists")
+        if not seqs:
+            raise InputError("forward: no sequences given")
+        seqs = [self.check_seq(s, "forward") for s in seqs]
         if len(set(seqs)) != len(seqs):
             raise InputError("a sequence may appear only once per forward call")
         ids_l, seq_l, pos_l, last = [], [], [], []
         for s, toks in zip(seqs, tokens):
-            if not 0 <= s < self.batch_size:
-                raise InputError(f"sequence {s} is outside this session's batch of {self.batch_size}")
-            toks = np.asarray(toks, dtype=np.int64).reshape(-1)
+            toks = token_array(toks, cfg.vocab_size, f"sequence {s}")
             n0 = int(self.lengths[s])
             if toks.size == 0:
                 raise InputError(f"sequence {s}: no tokens to append")
             if n0 + toks.size > self.capacity:
                 raise InputError(f"sequence {s}: {n0} cached + {toks.size} new tokens exceed the session capacity "
                                  f"{self.capacity}")
-            bad = np.nonzero((toks < 0) | (toks >= cfg.vocab_size))[0]
-            if bad.size:
-                raise InputError(f"sequence {s}: token id {int(toks[bad[0]])} is outside the vocabulary "
-                                 f"[0, {cfg.vocab_size})")
             ids_l.append(toks)
             seq_l.append(np.full(toks.size, s))
             pos_l.append(np.arange(n0, n0 + toks.size))
@@ -105,17 +134,17 @@ class Session:
         its RoPE position is prefix length + depth. Returns logits [T, V] for every node. The
         cache is not advanced: call commit_tree(path) with the accepted root-to-node path."""
         cfg = self.cfg
-        toks = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        seq = self.check_seq(seq, "forward_tree")
+        toks = token_array(tokens, cfg.vocab_size, "tree")
         t_ = toks.size
+        if t_ == 0:
+            raise InputError("tree: no nodes to verify")
         depth, anc = tree_layout(parents)
         if len(depth) != t_:
             raise InputError(f"tree: {t_} tokens but {len(depth)} parents")
         n0 = int(self.lengths[seq])
         if n0 + t_ > self.capacity:
             raise InputError(f"tree: {n0} cached + {t_} nodes exceed the session capacity {self.capacity}")
-        bad = np.nonzero((toks < 0) | (toks >= cfg.vocab_size))[0]
-        if bad.size:
-            raise InputError(f"tree: token id {int(toks[bad[0]])} is outside the vocabulary [0, {cfg.vocab_size})")
         tree = TreePass(int(seq), np.asarray(parents, np.int64))
         u_hist = {i: np.empty((t_, cfg.hidden_size), np.float32) for i in cfg.conv_layers}
         logits = self.engine.forward_tokens(
@@ -169,8 +198,9 @@ class Session:
 
     def truncate(self, seq: int, n: int) -> None:
         """Forget everything of sequence `seq` after its first n tokens (KV and conv state)."""
+        seq = self.check_seq(seq, "truncate")
         cur = int(self.lengths[seq])
-        if not 0 <= n <= cur:
+        if not is_int(n) or not 0 <= n <= cur:
             raise InputError(f"truncate: sequence {seq} has {cur} tokens, cannot truncate to {n}")
         if n == cur:
             return

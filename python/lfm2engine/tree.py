@@ -27,7 +27,13 @@ class TreePass:
 
 def tree_layout(parents) -> tuple[np.ndarray, list[list[int]]]:
     """Validate a parent array (parents[t] < t, -1 for roots) -> (depth [T], ancestors-or-self per node)."""
-    parents = np.asarray(parents, dtype=np.int64)
+    try:
+        a = np.asarray(parents)
+    except (TypeError, ValueError):
+        raise InputError("tree: parents must be a list of integer node indices") from None
+    if a.ndim != 1 or (a.size and not np.issubdtype(a.dtype, np.integer)) or a.dtype == np.bool_:
+        raise InputError(f"tree: parents must be a 1-D list of integer node indices, found {a.dtype} {a.shape}")
+    parents = a.astype(np.int64)
     depth = np.zeros(len(parents), np.int64)
     anc: list[list[int]] = []
     for t, p in enumerate(parents):
@@ -50,7 +56,13 @@ def tree_mask(anc: list[list[int]], n0: int, capacity: int) -> np.ndarray:
 
 def check_path(path, parents: np.ndarray) -> list[int]:
     """A root-to-node chain of the tree, in order, as ints (InputError otherwise)."""
-    path = [int(p) for p in path]
+    try:
+        a = np.asarray(path)
+    except (TypeError, ValueError):
+        a = np.zeros((0, 0))
+    if a.ndim != 1 or (a.size and (not np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_)):
+        raise InputError(f"commit_tree: the path must be a list of integer node indices, found {path!r}")
+    path = [int(p) for p in a]
     for j, node in enumerate(path):
         want = -1 if j == 0 else path[j - 1]
         if not 0 <= node < len(parents) or parents[node] != want:
