@@ -4,10 +4,11 @@ single-rank engine timed in the same job.
 
     python benchmarks/bench_parallel.py                      # driver: mpirun -np 1, 2, 4 of itself
     python benchmarks/bench_parallel.py --ranks 1,2 --batches 1,8,64 --json /tmp/b.json
-    python benchmarks/bench_parallel.py --plot analysis/out/bench_parallel.json   # figures only
+    python benchmarks/bench_parallel.py --report analysis/out/bench_parallel.json   # tables only
 
 The driver starts one `mpirun -np R` job per rank count (worker mode), merges their JSON and
-writes it atomically, prints tables, and draws analysis/figures/moe_parallel_*.png.
+writes it atomically (default analysis/out/bench_parallel.json), and prints tables;
+analysis/moe_parallel_figures.py draws analysis/figures/moe_parallel_*.png from that JSON.
 In each job, every plan is first checked against the unsharded engine (dp/ep bitwise, tp to
 1e-4), then timed. The baseline (the unsharded engine, `local_moe` / a plain decode step) runs on
 rank 0 while the other ranks wait at a barrier. Times are medians over --repeat runs of the
@@ -313,7 +314,7 @@ def run_jobs(a) -> dict:
     return {"jobs": jobs, "batches": a.batches}
 
 
-def _keys(stat: str) -> dict:
+def stat_keys(stat: str) -> dict:
     """JSON keys of the statistic shown: 'median' over repeats, or 'min' (best of N)."""
     if stat == "median":
         return dict(wall="wall_s", single="single", comp="compute_s", comm="comm_s", tok="_tok_s",
@@ -323,7 +324,7 @@ def _keys(stat: str) -> dict:
 
 
 def report(data: dict, stat: str = "min") -> None:
-    ky = _keys(stat)
+    ky = stat_keys(stat)
     for job in data["jobs"]:
         r = job["ranks"]
         print(f"\n== {r} rank(s), {job['threads_per_rank']} thread(s) each, core {job['core']}, {stat} of "
@@ -356,108 +357,6 @@ def report(data: dict, stat: str = "min") -> None:
         print_table(rows, list(rows[0]))
 
 
-def plot(data: dict, out_dir: str, stat: str = "min") -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ky = _keys(stat)
-    what = "best of N" if stat == "min" else "median"
-    os.makedirs(out_dir, exist_ok=True)
-    jobs = data["jobs"]
-    ref = next(j for j in jobs if j["ranks"] == min(x["ranks"] for x in jobs))  # its baseline uses all cores
-    colors = {"dp": "tab:green", "ep": "tab:blue", "tp": "tab:red"}
-    styles = {1: ":", 2: "--", 4: "-"}
-    written = []
-
-    def save(fig, name):
-        p = os.path.join(out_dir, name)
-        fig.tight_layout()
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        written.append(p)
-
-    # 1. MoE layer time vs batch, with the single-rank baseline
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    single = {row["batch"]: row["moe"][ky["single"]] for row in ref["rows"]}
-    ax.plot(list(single), [1e3 * v for v in single.values()], "k-o", lw=2, ms=3,
-            label=f"single-rank engine ({ref['threads_per_rank']} threads)")
-    for job in jobs:
-        r = job["ranks"]
-        for k in PLANS:
-            pts = [(row["batch"], 1e3 * row["moe"][k][ky["wall"]]) for row in job["rows"] if k in row["moe"]]
-            if pts and not (k == "dp" and r == 1):
-                ax.plot(*zip(*pts), styles.get(r, "-"), color=colors[k], marker=".", label=f"{k}, {r} rank(s)")
-    ax.set(xscale="log", yscale="log", xlabel="tokens in the MoE layer (batch)", ylabel="ms per MoE layer call",
-           title=f"MoE layer time per plan (slowest rank, {what})")
-    ax.legend(fontsize=7, ncol=2)
-    ax.grid(True, which="both", alpha=0.3)
-    save(fig, "moe_parallel_layer_time.png")
-
-    # 2. compute vs communication split, per plan and rank count, at a few batch sizes
-    picks = [b for b in (1, 32, 512) if b in data["batches"]] or data["batches"][:3]
-    fig, axes = plt.subplots(1, len(picks), figsize=(4 * len(picks), 4.2), sharey=False)
-    axes = np.atleast_1d(axes)
-    for ax, b in zip(axes, picks):
-        labels, comp, comm = [], [], []
-        for job in jobs:
-            row = next(rw for rw in job["rows"] if rw["batch"] == b)
-            for k in ("ep", "tp"):
-                if k in row["moe"]:
-                    labels.append(f"{k}\nR={job['ranks']}")
-                    comp.append(1e3 * row["moe"][k][ky["comp"]])
-                    comm.append(1e3 * row["moe"][k][ky["comm"]])
-        x = np.arange(len(labels))
-        ax.bar(x, comp, color="tab:gray", label="compute (route, experts, combine)")
-        ax.bar(x, comm, bottom=comp, color="tab:orange", label="communication (inside collectives)")
-        ax.axhline(1e3 * next(rw for rw in ref["rows"] if rw["batch"] == b)["moe"][ky["single"]], color="k",
-                   ls="--", lw=1, label="single-rank engine")
-        ax.set_xticks(x, labels, fontsize=8)
-        ax.set(title=f"B = {b}", ylabel="ms per MoE layer call (mean over ranks)")
-    axes[0].legend(fontsize=7)
-    save(fig, "moe_parallel_breakdown.png")
-
-    # 3. bytes per rank: measured vs formula
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for job in jobs:
-        r = job["ranks"]
-        if r == 1:
-            continue
-        for k in ("ep", "tp"):
-            pts = [(row["batch"], max(row["moe"][k]["bytes_per_rank"]), max(row["moe"][k]["formula_bytes_per_rank"]))
-                   for row in job["rows"] if k in row["moe"]]
-            if not pts:
-                continue
-            bs, meas, form = zip(*pts)
-            ax.plot(bs, form, styles.get(r, "-"), color=colors[k], label=f"{k}, {r} ranks: formula")
-            ax.plot(bs, meas, "o", color=colors[k], ms=4, mfc="none" if r == 2 else colors[k],
-                    label=f"{k}, {r} ranks: measured")
-    ax.set(xscale="log", yscale="log", xlabel="tokens in the MoE layer (batch)",
-           ylabel="bytes sent per rank per MoE layer", title="Communication volume (busiest rank)")
-    ax.legend(fontsize=7, ncol=2)
-    ax.grid(True, which="both", alpha=0.3)
-    save(fig, "moe_parallel_comm_bytes.png")
-
-    # 4. full-model decode throughput
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    single = {row["batch"]: row["decode"][ky["single_tok"]] for row in ref["rows"]}
-    ax.plot(list(single), list(single.values()), "k-o", lw=2, ms=3,
-            label=f"single-rank engine ({ref['threads_per_rank']} threads)")
-    for job in jobs:
-        r = job["ranks"]
-        for k in PLANS:
-            pts = [(row["batch"], row["decode"][k + ky["tok"]]) for row in job["rows"] if k in row["decode"]]
-            if pts and not (k == "dp" and r == 1):
-                ax.plot(*zip(*pts), styles.get(r, "-"), color=colors[k], marker=".", label=f"{k}, {r} rank(s)")
-    ax.set(xscale="log", yscale="log", xlabel="sequences per decode step (batch)", ylabel="tokens / s",
-           title=f"Full-model decode throughput per plan ({what})")
-    ax.legend(fontsize=7, ncol=2)
-    ax.grid(True, which="both", alpha=0.3)
-    save(fig, "moe_parallel_throughput.png")
-    return written
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="checkpoint (default: the built-in synthetic model)")
@@ -468,10 +367,9 @@ def main(argv=None):
     ap.add_argument("--core", default="auto", choices=("auto", "numpy-grouped"),
                     help="auto: the compiled core when it imports, else the grouped NumPy stand-in")
     ap.add_argument("--json", default="analysis/out/bench_parallel.json")
-    ap.add_argument("--figures", default="analysis/figures")
-    ap.add_argument("--plot", metavar="JSON", help="only print the tables and draw the figures from an existing JSON")
+    ap.add_argument("--report", metavar="JSON", help="only print the tables of an existing JSON")
     ap.add_argument("--stat", default="min", choices=("min", "median"),
-                    help="statistic in tables and figures: min = best of --repeat runs (robust on a shared "
+                    help="statistic in the tables: min = best of --repeat runs (robust on a shared "
                          "machine; default), median")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -482,8 +380,8 @@ def main(argv=None):
         from lfm2engine.parallel import run_guarded
 
         return run_guarded(lambda comm: worker(a) or 0)
-    if a.plot:
-        with open(a.plot) as f:
+    if a.report:
+        with open(a.report) as f:
             data = json.load(f)
     else:
         data = run_jobs(a)
@@ -491,9 +389,6 @@ def main(argv=None):
         data["machine_info"] = machine_info()
         write_json(a.json, data)
     report(data, a.stat)
-    if a.figures:
-        for p in plot(data, a.figures, a.stat):
-            print(f"wrote {p}", file=sys.stderr)
     return 0
 
 

@@ -15,6 +15,7 @@ import sys
 import time
 
 from . import log
+from .cli import resolve_prompt
 from .errors import InputError
 from .parallel import ParallelPlan, check_same_model, run_guarded
 from .parallel import data_parallel as dpl
@@ -64,16 +65,6 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     ap.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
     return ap
-
-
-def parse_ids(text: str) -> list[int]:
-    try:
-        ids = [int(t) for t in text.replace(" ", "").split(",") if t != ""]
-    except ValueError:
-        raise InputError(f"--prompt-ids must be comma-separated integers, found {text!r}") from None
-    if not ids:
-        raise InputError("--prompt-ids is empty")
-    return ids
 
 
 def resolve_model(args, comm) -> str:
@@ -190,21 +181,8 @@ def run_workload(args, comm, eng, model_dir) -> dict:
 
 
 def run_generation(args, comm, eng, model_dir) -> dict:
-    from .tokenizer import load_tokenizer
-
     rank, size = comm.Get_rank(), comm.Get_size()
-    tok = None
-    if args.prompt is not None and args.prompt_ids is not None:
-        raise InputError("give either --prompt or --prompt-ids, not both")
-    if args.prompt is not None:
-        tok = load_tokenizer(model_dir)
-        if tok is None:
-            raise InputError(f"--prompt needs {model_dir}/tokenizer.json; this checkpoint has none: use --prompt-ids")
-        if not args.prompt:
-            raise InputError("--prompt is empty")
-        prompt = tok.encode(args.prompt, add_bos=eng.config.bos_token_id)
-    else:
-        prompt = parse_ids(args.prompt_ids)
+    prompt, tok = resolve_prompt(args.prompt, args.prompt_ids, model_dir, eng.config.bos_token_id)
     eng.check_prompts([prompt], args.max_new_tokens)
     t0 = time.perf_counter()
     steps = {"n": 0}

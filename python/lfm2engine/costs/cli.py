@@ -13,7 +13,8 @@ import os
 import sys
 
 from .. import scaling
-from ..errors import InputError, LFM2Error
+from ..cli import parse_list
+from ..errors import LFM2Error
 from .configs import SHIPPED_CONFIGS, parse_config, shipped_config_path
 from .finetune import finetune_memory
 from .inference import DEVICES, inference_cost
@@ -21,13 +22,6 @@ from .model import model_cost, param_breakdown
 from .parallel import parallel_cost
 from .planning import plan
 from .render import render_configs, render_finetune, render_inference, render_model, render_parallel, render_plan
-
-
-def _positive_list(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x]
-    except ValueError:
-        raise InputError(f"expected comma-separated integers, found {text!r}") from None
 
 
 # Subcommand handlers: parsed arguments -> the result dict (what --json prints).
@@ -65,7 +59,7 @@ def cmd_inference(a) -> dict:
                           peak_flops=None if a.tflops is None else a.tflops * 1e12,
                           memory=None if a.memory is None else a.memory * 1e9, context=a.context,
                           prompt=a.prompt, batch=a.batch, weight_bytes=a.weight_bytes, kv_bytes=a.kv_bytes,
-                          batches=_positive_list(a.batches))
+                          batches=parse_list(a.batches, "--batches", low=1))
 
 
 def cmd_configs(a) -> dict:

@@ -1,24 +1,12 @@
-"""Sweeps of speculative decoding: draft choice, k = 1..8 (and longer for drafts that always
-agree), confidence threshold, tree width, greedy vs sampling, plus the costs that explain them
-(draft step, one verification forward of T tokens).
+"""Figures and tables of the speculative decoding sweeps, from their JSON (no timing).
 
-Two targets: `moe` = the built-in synthetic LFM2-8B-A1B-shaped model (78M parameters, 32 experts,
-top-4), and `dense` = a synthetic dense LFM2 of 271M parameters whose decode step is bound by
-reading the weights (written once to the lfm2engine cache). Every speed-up is a ratio against
-plain decoding of the same target in the same process, the two alternating (median of --repeats
-pairs); greedy runs are also checked token for token against plain decoding. The ops run on one
-thread by default: on a shared 2-core machine, OpenMP barriers of two threads are at the mercy of
-other jobs, one thread is not. Writes analysis/out/specdecode_sweep_{model}.json (atomically) and
-analysis/figures/specdecode_{model}_*.png; analysis/specdecode.md discusses them. Asserts nothing on time.
+Reads analysis/out/specdecode_sweep_{model}.json, written by benchmarks/bench_specdecode.py, draws
+analysis/figures/specdecode_{model}_*.png and prints the Markdown tables of analysis/specdecode.md
+on stdout. A partial JSON (an interrupted sweep) still plots; the figures of the sweeps it lacks
+are left as they are, and the script says which.
 
-    python analysis/specdecode_sweep.py --model moe          # ~20 min on 2 cores (1167 s last time)
-    python analysis/specdecode_sweep.py --model dense --prompts 1 --max-new-tokens 40   # ~52 min (3098 s)
-    python analysis/specdecode_sweep.py --model moe --quick  # fewer drafts and k values
-    python analysis/specdecode_sweep.py --model moe --plot-only   # redraw figures, print tables
-
-While a sweep runs, the JSON is rewritten after every configuration with "partial": true; the
-final write drops that key. A partial JSON (an interrupted sweep) still plots; the figures of the
-sweeps it lacks are left as they are, and --plot-only says which.
+    python analysis/specdecode_figures.py --model moe     # figures/specdecode_moe_*.png + tables
+    python analysis/specdecode_figures.py --model dense   # figures/specdecode_dense_*.png + tables
 """
 
 from __future__ import annotations
@@ -26,285 +14,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
-import tempfile
-import time
 
 import numpy as np
 
+from specdecode_model import (expected_tokens_per_round, in_run_verify, model_speedup, run_cost_ratio,
+                              run_verify_points)
+from specdecode_model import median as _median
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "python"))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "benchmarks"))
 
-from common import cpu_model  # noqa: E402
-
-from lfm2engine.specdecode import (calibration_sequence, draft_agreement, expected_tokens_per_round,  # noqa: E402
-                                   forward_ms, measure, skip_order, write_pruned_checkpoint)
-
-
-def _median(xs):
-    return float(np.median(xs)) if xs else float("nan")
-
-
-def forward_timer(engine, prompt, n_tokens):
-    """A callable timing one forward of n_tokens after `prompt` (then rolled back), in ms."""
-    s = engine.session(1, len(prompt) + n_tokens, rollback=n_tokens)
-    s.forward([0], [prompt])
-
-    def once():
-        t0 = time.perf_counter()
-        s.forward([0], [[prompt[-1]] * n_tokens])
-        dt = time.perf_counter() - t0
-        s.truncate(0, len(prompt))
-        return 1e3 * dt
-
-    once()
-    return once
-
-
-def paired_ratio(num, den, n=15):
-    """Alternate two timers n times: (median of num, median of den, median of the per-pair ratios).
-    Pairs taken close in time share the machine's load, so the ratio is steadier than the times."""
-    a, b = [], []
-    for _ in range(n):
-        a.append(num())
-        b.append(den())
-    return _median(a), _median(b), _median([x / y for x, y in zip(a, b)])
+SWEEPS = ("k", "long-k", "threshold", "tree", "sampling")  # in the order the benchmark runs them
 
 
 def log(msg):
-    print(f"[specdecode_sweep] {msg}", file=sys.stderr, flush=True)
-
-
-def write_json_atomic(path, obj):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
-
-
-def random_dense_draft(target_cfg, out_dir):
-    """A small dense LFM2 with random weights sharing the target's vocabulary: a separate checkpoint
-    that knows nothing of the target (the floor of what a draft can be)."""
-    from lfm2engine.checkpoint import expected_tensors, save_pretrained
-    from lfm2engine.config import LFM2Config
-    from lfm2engine.synthetic import make_tensor
-
-    cfg = LFM2Config.from_dict(dict(
-        model_type="lfm2", vocab_size=target_cfg.vocab_size, hidden_size=128, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=2, intermediate_size=384, block_auto_adjust_ff_dim=False,
-        layer_types=["conv", "full_attention", "conv", "conv"], max_position_embeddings=target_cfg.max_position_embeddings,
-        bos_token_id=target_cfg.bos_token_id, eos_token_id=list(target_cfg.eos_ids), pad_token_id=target_cfg.pad_token_id))
-    specs = expected_tensors(cfg)
-    save_pretrained(cfg, lambda n: make_tensor(cfg, n, specs[n], 7), out_dir, dtype="BF16")
-    return out_dir
-
-
-DENSE = dict(model_type="lfm2", vocab_size=8192, hidden_size=1024, num_hidden_layers=16, num_attention_heads=16,
-             num_key_value_heads=4, intermediate_size=4096, block_auto_adjust_ff_dim=False,
-             layer_types=["full_attention" if i in (2, 6, 10, 14) else "conv" for i in range(16)],
-             max_position_embeddings=4096, bos_token_id=1, eos_token_id=7, pad_token_id=0)
-
-
-def dense_target_dir():
-    """The synthetic dense target (271M parameters, bf16 on disk), written once to the cache."""
-    from lfm2engine.checkpoint import expected_tensors, save_pretrained
-    from lfm2engine.config import LFM2Config
-    from lfm2engine.synthetic import cache_dir, make_tensor
-
-    d = os.path.join(cache_dir(), "specdecode-dense-271m")
-    if not os.path.isfile(os.path.join(d, "config.json")):
-        log(f"writing the dense target to {d}")
-        cfg = LFM2Config.from_dict(DENSE)
-        specs = expected_tensors(cfg)
-        tmp = tempfile.mkdtemp(prefix=".tmp-", dir=os.path.dirname(d) if os.path.isdir(os.path.dirname(d)) else None)
-        save_pretrained(cfg, lambda n: make_tensor(cfg, n, specs[n], 0), tmp, dtype="BF16")
-        os.replace(tmp, d)
-    return d
-
-
-def build_drafts(target, tdir, workdir, quick):
-    from lfm2engine.model import Engine
-
-    drafts = []  # (name, engine, kind)
-    t0 = time.perf_counter()
-    n_max = min(12, target.config.num_hidden_layers - 1)
-    order = skip_order(target, n_max)
-    log(f"skip-layer calibration order {order} in {time.perf_counter() - t0:.1f} s")
-    if target.config.is_moe:
-        for k in ((1,) if quick else (1, 2, 3)):
-            drafts.append((f"topk={k}", target.derive(top_k=k), "fewer experts"))
-    for n in ((2, 8) if quick else (1, 2, 4, 8, 12)):
-        if n <= n_max:
-            drafts.append((f"skip {n} (auto)", target.derive(skip_layers=order[:n]), "skipped layers"))
-    bf = Engine.from_pretrained(tdir, dtype="bfloat16")
-    drafts.append(("bf16 weights", bf, "reduced precision"))
-    if not quick:
-        drafts.append(("f16 weights", Engine.from_pretrained(tdir, dtype="float16"), "reduced precision"))
-        if target.config.is_moe:
-            drafts.append(("bf16+topk=2", bf.derive(top_k=2), "reduced precision"))
-        drafts.append(("target itself", target, "upper bound"))
-    n_prune = min(8, n_max)
-    pruned = write_pruned_checkpoint(tdir, order[:n_prune], os.path.join(workdir, "pruned"))
-    drafts.append((f"pruned ckpt (-{n_prune} layers)", Engine.from_pretrained(pruned), "separate checkpoint"))
-    dense = random_dense_draft(target.config, os.path.join(workdir, "dense_random"))
-    drafts.append(("random dense ckpt", Engine.from_pretrained(dense), "separate checkpoint"))
-    return drafts, order
-
-
-def run(args):
-    from lfm2engine.model import Engine, _core_cpu
-    from lfm2engine.synthetic import default_model_dir
-
-    tdir = args.target or (dense_target_dir() if args.model == "dense" else default_model_dir("default"))
-    _core_cpu().set_num_threads(args.threads)
-    target = Engine.from_pretrained(tdir)
-    cfg = target.config
-    rng = np.random.default_rng(100)
-    prompts = [[cfg.bos_token_id or 1] + rng.integers(2, cfg.vocab_size, 15).tolist() for _ in range(args.prompts)]
-    n_new, reps = args.max_new_tokens, args.repeats
-    ks = list(range(1, args.kmax + 1)) if not args.quick else [1, 2, 4, 8]
-    cpu = cpu_model() or platform.processor() or platform.machine()
-    res = {"machine": {"python": platform.python_version(), "cpu": cpu, "cores": os.cpu_count(),
-                       "threads": args.threads, "simd": _core_cpu().simd_level(),
-                       "date": time.strftime("%Y-%m-%dT%H:%M:%S")},
-           "model": args.model, "target": tdir,
-           "config": {"model_type": cfg.model_type, "layers": cfg.num_hidden_layers, "hidden": cfg.hidden_size,
-                      "vocab": cfg.vocab_size, "experts": cfg.num_experts, "top_k": cfg.num_experts_per_tok},
-           "prompts": prompts, "max_new_tokens": n_new, "repeats": reps}
-    with tempfile.TemporaryDirectory() as work:
-        drafts, order = build_drafts(target, tdir, work, args.quick)
-        res["skip_order"] = order
-        # ---- costs, as ratios to one target decode step measured alternately with them
-        p0 = prompts[0]
-        step_t = forward_timer(target, p0, 1)
-        res["verify_ms"], res["verify_steps"] = {}, {}
-        steps = []
-        for t in (1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 17, 25, 33):
-            v_ms, s_ms, ratio = paired_ratio(forward_timer(target, p0, t), step_t, 9)
-            res["verify_ms"][str(t)], res["verify_steps"][str(t)] = v_ms, ratio
-            steps.append(s_ms)
-        step = res["target_step_ms"] = _median(steps)
-        log(f"target step {step:.2f} ms; verify 5 tokens = {res['verify_steps']['5']:.2f} steps, "
-            f"9 tokens = {res['verify_steps']['9']:.2f}, 33 tokens = {res['verify_steps']['33']:.2f}")
-        calib = calibration_sequence(target, seed=4321)  # held out from the skip calibration
-        res["drafts"] = {}
-        for name, eng, kind in drafts:
-            agree, alpha = draft_agreement(target, eng, calib)
-            d_ms, _, c = paired_ratio(forward_timer(eng, p0, 1), step_t, 15)
-            res["drafts"][name] = {"kind": kind, "step_ms": d_ms, "cost_ratio": c, "agreement": agree,
-                                   "alpha_t1": alpha}
-            log(f"draft {name:<24} step {d_ms:6.2f} ms (c = {c:.2f}), argmax agreement {agree:.2f}, "
-                f"sampling acceptance {alpha:.2f}")
-        runs = []
-
-        def rec(name, rep, **extra):
-            r = {k: v for k, v in rep.items() if k not in ("tokens", "plain_tokens")}
-            r.update(draft=name, **extra)
-            runs.append(r)
-            ok = "" if "matches_plain" not in rep else ("  =plain" if rep["matches_plain"] else "  MISMATCH")
-            log(f"{name:<24} k={rep['k']} thr={rep['threshold']:g} W={rep['width']} T={rep['temperature']:g}: "
-                f"accept {rep['acceptance_rate']:.2f}, {rep['tokens_per_round']:.2f} tok/round, "
-                f"{rep['spec_ms_per_token']:.2f} ms/token (plain {rep['plain_ms_per_token']:.2f}), "
-                f"speed-up {rep['speedup']:.2f}x [{rep['speedup_min']:.2f}, {rep['speedup_max']:.2f}], "
-                f"cpu {rep['speedup_cpu']:.2f}x{ok}")
-            write_json_atomic(args.out, dict(res, runs=runs, partial=True))  # a long sweep can be inspected
-
-        by_name = {n: e for n, e, _ in drafts}
-        # ---- greedy: every draft over k (each configuration alternates with plain decoding)
-        for name, eng, _ in drafts:  # drafts that rarely agree waste k draft steps a round: fewer k
-            for k in (ks if res["drafts"][name]["agreement"] >= 0.2 else [k for k in ks if k in (1, 2, 4, 8)]):
-                rec(name, measure(target, eng, prompts, n_new, k, repeats=reps), sweep="k")
-        greedy_k = [r for r in runs if r["sweep"] == "k"]
-        best_of = {n: max(r["speedup"] for r in greedy_k if r["draft"] == n) for n in res["drafts"]}
-        ranked = sorted(best_of, key=lambda n: -best_of[n])
-        best = ranked[0]
-        res["best_greedy"] = max(greedy_k, key=lambda r: r["speedup"])
-        # drafts that always agree: how far does a longer k go?
-        for name in [n for n in ranked if n in by_name and res["drafts"][n]["agreement"] > 0.95][:2]:
-            for k in ((12, 16) if args.quick else (12, 16, 24, 32)):
-                rec(name, measure(target, by_name[name], prompts, n_new, k, repeats=reps), sweep="long-k")
-        # a draft that agrees about half of the time: where thresholds and trees have room to help
-        mid = min(res["drafts"], key=lambda n: abs(res["drafts"][n]["agreement"] - 0.5))
-        # ---- dynamic draft length: confidence threshold at the largest k
-        for name in dict.fromkeys([best, mid]):
-            for thr in (0.0, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.99):
-                rep = measure(target, by_name[name], prompts, n_new, max(ks), thr, repeats=reps)
-                rec(name, rep, sweep="threshold")
-        # ---- tree verification
-        for name in dict.fromkeys([best, mid]):
-            for k in (2, 4):
-                for w in (1, 2, 3, 4):
-                    rep = measure(target, by_name[name], prompts, n_new, k, width=w, repeats=reps)
-                    rec(name, rep, sweep="tree")
-        # ---- sampling at temperature 1
-        for name in dict.fromkeys([best, mid]):
-            for k in ks:
-                rep = measure(target, by_name[name], prompts, n_new, k, temperature=1.0, seed=3, repeats=reps)
-                rec(name, rep, sweep="sampling")
-    res["runs"] = runs
-    return res
-
-
-# ------------------------------------------------------------------------------------------ figures
-
-
-def predicted_speedup(alpha, k, c, verify_steps):
-    """Tokens per round over the cost of a round in target steps: E(alpha, k) / (k c + v(k + 1))."""
-    v = verify_steps.get(str(k + 1))
-    if v is None:
-        return float("nan")
-    return expected_tokens_per_round(alpha, k) / (k * c + v)
-
-
-def run_cost_ratio(runs, name):
-    """Draft cost c measured inside the speculative runs: mean time of one draft call over the plain
-    time per token of the same runs (median over the draft's greedy runs). Many more samples than
-    the isolated step timings, and it includes what a draft call really does (1-2 pending tokens,
-    the rollback window)."""
-    cs = [(r["draft_seconds"] / r["draft_calls"]) / (r["plain_ms_per_token"] / 1e3)
-          for r in runs if r["draft"] == name and r["sweep"] in ("k", "long-k") and r["draft_calls"]]
-    return _median(cs)
-
-
-def run_verify_steps(runs, k):
-    """Cost of one verification of k + 1 tokens in plain-decoding steps, measured inside the runs."""
-    vs = [(r["verify_seconds"] / r["target_calls"]) / (r["plain_ms_per_token"] / 1e3)
-          for r in runs if r["sweep"] in ("k", "long-k") and r["k"] == k and r["acceptance_rate"] > 0.95]
-    return _median(vs)
-
-
-def in_run_verify(res):
-    """v(T) for T = k + 1 in plain steps, measured inside the runs at each k of the sweep (the
-    isolated timing as a fallback): with it the model has no free parameter besides alpha at k = 1."""
-    runs, vst = res["runs"], res["verify_steps"]
-    ks = sorted({r["k"] for r in runs if r["sweep"] in ("k", "long-k")})
-    v_in = {str(k + 1): run_verify_steps(runs, k) for k in ks}
-    return {t: (v if v == v else vst.get(t, float("nan"))) for t, v in v_in.items()}
-
-
-def model_speedup(res, name, alpha, k, v_in):
-    """The model's speed-up of draft `name` at k (k capped by the generation length)."""
-    return predicted_speedup(alpha, min(k, res["max_new_tokens"] - 1), run_cost_ratio(res["runs"], name), v_in)
-
-
-SWEEPS = ("k", "long-k", "threshold", "tree", "sampling")  # in the order run() does them
-
-
-def run_verify_points(runs):
-    """(k, mean tokens per verification, cost in plain steps) for each k of the chain runs whose
-    draft always agrees: the cost of verifying T tokens inside real rounds. The last round of each
-    prompt is shorter (the draft length is capped by the tokens still to generate), so the mean T
-    of a run at k is below k + 1."""
-    out = []
-    for k in sorted({r["k"] for r in runs if r["sweep"] in ("k", "long-k")}):
-        rs = [r for r in runs if r["sweep"] in ("k", "long-k") and r["k"] == k and r["acceptance_rate"] > 0.95
-              and r["target_calls"]]
-        if rs:
-            out.append((k, _median([1 + r["drafted"] / r["target_calls"] for r in rs]), run_verify_steps(runs, k)))
-    return out
+    print(f"[specdecode_figures] {msg}", file=sys.stderr, flush=True)
 
 
 def plot(res, fig_dir, tag):
@@ -316,7 +40,7 @@ def plot(res, fig_dir, tag):
 
     os.makedirs(fig_dir, exist_ok=True)
     runs, drafts = res["runs"], res["drafts"]
-    step, vms, vst = res["target_step_ms"], res["verify_ms"], res["verify_steps"]
+    vms, vst = res["verify_ms"], res["verify_steps"]
     out = []
 
     def save(fig, name, rect=None):
@@ -608,32 +332,17 @@ def tables(res) -> str:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="moe", choices=("moe", "dense"),
-                    help="moe: the built-in synthetic MoE; dense: a 271M-parameter synthetic dense LFM2")
-    ap.add_argument("--target", help="target checkpoint directory instead of the --model preset")
-    ap.add_argument("--max-new-tokens", type=int, default=48)
-    ap.add_argument("--prompts", type=int, default=3, help="number of 16-token prompts, decoded one after another")
-    ap.add_argument("--repeats", type=int, default=3, help="timed runs per configuration (median)")
-    ap.add_argument("--kmax", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=1, help="threads for the C++ ops (default 1)")
-    ap.add_argument("--quick", action="store_true", help="fewer drafts and k values")
-    ap.add_argument("--out", help="JSON path (default analysis/out/specdecode_sweep_{model}.json)")
-    ap.add_argument("--figures", default=os.path.join(HERE, "figures"))
-    ap.add_argument("--plot-only", action="store_true", help="redraw figures and tables from --out")
+                    help="which sweep: the built-in synthetic MoE or the 271M-parameter synthetic dense LFM2")
+    ap.add_argument("--json", help="the sweep's JSON (default analysis/out/specdecode_sweep_{model}.json)")
+    ap.add_argument("--figures", default=os.path.join(HERE, "figures"), help="where the PNG files go")
     args = ap.parse_args(argv)
-    args.out = args.out or os.path.join(HERE, "out", f"specdecode_sweep_{args.model}.json")
-    if args.plot_only:
-        with open(args.out) as f:
-            res = json.load(f)
-        if res.get("partial"):
-            have = {r["sweep"] for r in res["runs"]}
-            log(f"{args.out} is partial (the sweep stopped early); missing sweeps: "
-                f"{', '.join(w for w in SWEEPS if w not in have) or 'none'}; their figures are not redrawn")
-    else:
-        t0 = time.perf_counter()
-        res = run(args)
-        res["sweep_seconds"] = time.perf_counter() - t0
-        write_json_atomic(args.out, res)
-        log(f"wrote {args.out} after {res['sweep_seconds']:.0f} s")
+    path = args.json or os.path.join(HERE, "out", f"specdecode_sweep_{args.model}.json")
+    with open(path) as f:
+        res = json.load(f)
+    if res.get("partial"):
+        have = {r["sweep"] for r in res["runs"]}
+        log(f"{path} is partial (the sweep stopped early); missing sweeps: "
+            f"{', '.join(w for w in SWEEPS if w not in have) or 'none'}; their figures are not redrawn")
     for p in plot(res, args.figures, res.get("model", args.model)):
         log(f"wrote {p}")
     print(tables(res))

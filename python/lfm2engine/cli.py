@@ -1,0 +1,90 @@
+"""What every command line of the package parses the same way: number lists and the prompt.
+
+`parse_list` reads a comma-separated list of integers or numbers ("1,2,4", with ranges "1-8"),
+optionally bounded, and raises InputError messages that name the flag. `resolve_prompt` turns
+`--prompt TEXT` (through the checkpoint's tokenizer.json, BOS prepended) or `--prompt-ids 1,2,3`
+into token ids. Used by `lfm2engine.generate` and `lfm2engine.specdecode`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from .errors import InputError
+from .tokenizer import Tokenizer, load_tokenizer
+
+
+def parse_list(text: str, name: str, kind: type = int, *, ranges: bool = False, low=None, high=None,
+               expected: str | None = None, meaning: str = "") -> list:
+    """Comma-separated values of `kind` (int or float); empty items (``1,,2``, a trailing comma)
+    are skipped. ranges=True (integers only) also reads ``a-b`` as a, a + 1, ..., b.
+
+    Bounds: every value v must satisfy low <= v (when low is given) and v < high (when high is).
+    Messages name `name`: a flag ("-k"), or the key of a compound option with its "=" ("skip="),
+    which is then written next to the text ("skip='x'" rather than "-k 'x'"):
+      - unreadable: "{name} {text!r}: expected {expected}" when `expected` describes the syntax,
+        else "{name} must be comma-separated integers (numbers), found {text!r}";
+      - nothing in it: "{name} is empty";
+      - out of bounds: "{name} must be >= low (meaning), found v", "{name} must be in [low, high),
+        found v" or "{name} must be < high, found v" for the first such value."""
+    out: list = []
+    try:
+        for part in str(text).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            dash = part.find("-", 1) if ranges else -1  # a leading '-' is a sign
+            if dash > 0:
+                out += list(range(int(part[:dash]), int(part[dash + 1:]) + 1))
+            else:
+                out.append(kind(part))
+    except ValueError:
+        if expected is not None:
+            sep = "" if name.endswith("=") else " "
+            raise InputError(f"{name}{sep}{text!r}: expected {expected}") from None
+        noun = "integers" if kind is int else "numbers"
+        raise InputError(f"{name} must be comma-separated {noun}, found {text!r}") from None
+    if not out:
+        raise InputError(f"{name} is empty")
+    for v in out:
+        if (low is not None and not v >= low) or (high is not None and not v < high):
+            raise InputError(f"{name} must be {_bounds(low, high)}{f' ({meaning})' if meaning else ''}, found {v}")
+    return out
+
+
+def _bounds(low, high) -> str:
+    if high is None:
+        return f">= {low:g}"
+    if low is None:
+        return f"< {high:g}"
+    return f"in [{low:g}, {high:g})"
+
+
+class Prompt(NamedTuple):
+    """A resolved prompt: its token ids, and the tokenizer that made them (None for --prompt-ids),
+    for decoding the continuation back to text."""
+
+    ids: list
+    tokenizer: Tokenizer | None
+
+
+def resolve_prompt(text: str | None, ids: str | None, model_dir: str, bos_token_id: int | None,
+                   default=None) -> Prompt:
+    """--prompt TEXT or --prompt-ids 1,2,3 -> Prompt. TEXT is encoded with model_dir/tokenizer.json
+    and the BOS id prepended (when the config has one). Neither given: `default` (token ids), or an
+    InputError when there is none. Both given, an empty TEXT, no tokenizer.json, unreadable ids:
+    InputError."""
+    if text is not None and ids is not None:
+        raise InputError("give either --prompt or --prompt-ids, not both")
+    if text is not None:
+        tok = load_tokenizer(model_dir)
+        if tok is None:
+            raise InputError(f"--prompt needs {model_dir}/tokenizer.json; this checkpoint has none: use --prompt-ids")
+        if not text:
+            raise InputError("--prompt is empty")
+        return Prompt(tok.encode(text, add_bos=bos_token_id), tok)
+    if ids is not None:
+        return Prompt(parse_list(ids, "--prompt-ids"), None)
+    if default is None:
+        raise InputError("give a prompt: --prompt TEXT or --prompt-ids 1,2,3")
+    return Prompt([int(t) for t in default], None)
