@@ -60,6 +60,7 @@ def log(msg):
 
 
 def write_json_atomic(path, obj):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # the benchmark's own output folder
     with atomic_writer(path, "w") as f:
         json.dump(obj, f, indent=1)
 

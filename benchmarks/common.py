@@ -159,6 +159,7 @@ def write_json(path: str, payload: dict) -> None:
     from lfm2engine.checkpoint import atomic_writer
 
     payload = dict(payload, machine=machine_info(), time=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # the benchmark's own output folder
     with atomic_writer(path, "w") as f:
         json.dump(payload, f, indent=1)
     print(f"wrote {path}", file=sys.stderr)

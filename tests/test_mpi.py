@@ -234,3 +234,89 @@ def test_ranks_with_different_plans_refuse_to_start(ckpts):
     assert r.returncode != 0 and secs < ABORT_SECONDS
     assert re.search(r"\[rank [01]/2\] ParallelError: ranks loaded different models: parallel plan differs "
                      r"\(rank 0: ep, rank 1: tp\)", r.stderr)
+
+
+# ---------------------------------------------------------------------------------------- ranks must agree
+def _workload(tmp_path, n=6):
+    from lfm2engine.workload import write_inputs
+
+    p = tmp_path / "in.bin"
+    write_inputs(str(p), np.random.default_rng(2).integers(0, 97, size=(n, 5)).astype(np.int32))
+    return str(p)
+
+
+def _wl(model, inputs, out, extra=()):
+    return ["cli", "--model", model, "--inputs", inputs, "--outputs", out, "-q", *extra]
+
+
+def test_dp_ranks_given_different_n_refuse_to_start(ckpts, tmp_path):
+    """Was: rank 0 gathered rows the other rank never computed and wrote them, exit 0."""
+    inp, out = _workload(tmp_path), str(tmp_path / "o.bin")
+    r, secs = mpirun((1, _wl(ckpts[0], inp, out, ["-n", "5"])), (1, _wl(ckpts[0], inp, out, ["-n", "6"])))
+    assert r.returncode != 0 and secs < ABORT_SECONDS, r.stderr[-2000:]
+    assert "[rank 0/2] ParallelError: ranks were given different inputs: -n differs (rank 0: 5, rank 1: 6)" in r.stderr
+    assert not os.path.exists(out)
+
+
+def test_ep_ranks_given_different_batch_sizes_refuse_to_start(ckpts, tmp_path):
+    """Was: a hang in the all-to-all (the ranks made different numbers of forward passes)."""
+    inp, out = _workload(tmp_path), str(tmp_path / "o.bin")
+    r, secs = mpirun((1, _wl(ckpts[0], inp, out, ["--plan", "ep", "--batch-size", "2"])),
+                     (1, _wl(ckpts[0], inp, out, ["--plan", "ep", "--batch-size", "3"])))
+    assert r.returncode != 0 and secs < ABORT_SECONDS, r.stderr[-2000:]
+    assert "ranks were given different inputs: --batch-size differs (rank 0: 2, rank 1: 3)" in r.stderr
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--temperature", "0.5"], "--temperature differs (rank 0: 0.0, rank 1: 0.5)"),
+    (["--max-new-tokens", "4"], "--max-new-tokens differs (rank 0: 3, rank 1: 4)"),
+    (["--dtype", "float16"], "--dtype differs (rank 0: float32, rank 1: float16)"),
+])
+def test_ranks_given_different_sampling_or_lengths_refuse_to_start(ckpts, extra, words):
+    r, secs = mpirun((1, _cli(ckpts[0])), (1, _cli(ckpts[0], extra)))
+    assert r.returncode != 0 and secs < ABORT_SECONDS, r.stderr[-2000:]
+    assert words in r.stderr
+
+
+def test_ranks_given_different_prompts_refuse_to_start(ckpts):
+    a = ["cli", "--model", ckpts[0], "--prompt-ids", "1,2,3", "--max-new-tokens", "2"]
+    b = ["cli", "--model", ckpts[0], "--prompt-ids", "1,2,4", "--max-new-tokens", "2"]
+    r, secs = mpirun((1, a), (1, b))
+    assert r.returncode != 0 and secs < ABORT_SECONDS
+    assert "ranks were given different inputs: token ids differs" in r.stderr
+
+
+def test_checkpoint_fingerprint_covers_every_weight_byte(ckpts, tmp_path):
+    """Same names, shapes and embedding prefix; one NaN deep inside an expert tensor on one rank."""
+    import struct
+
+    other = tmp_path / "nan"
+    shutil.copytree(ckpts[0], other)
+    f = other / "model.safetensors"
+    raw = bytearray(f.read_bytes())
+    (hlen,) = struct.unpack("<Q", raw[:8])
+    hdr = json.loads(raw[8 : 8 + hlen])
+    name = "model.layers.1.feed_forward.experts.2.w2.weight"
+    assert hdr[name]["dtype"] == "F32"
+    b, e = hdr[name]["data_offsets"]
+    at = 8 + hlen + (b + e) // 2 // 4 * 4
+    raw[at : at + 4] = struct.pack("<f", float("nan"))
+    f.write_bytes(bytes(raw))
+    r, secs = mpirun((1, _cli(ckpts[0])), (1, _cli(str(other))))
+    assert r.returncode != 0 and secs < ABORT_SECONDS
+    assert "[rank 0/2] ParallelError: ranks loaded different models: checkpoint differs" in r.stderr
+
+
+def test_an_error_on_every_rank_is_printed_once(ckpts):
+    r, secs = mpirun((3, _cli(ckpts[0], ["--threads", "0"])))
+    assert r.returncode != 0 and secs < ABORT_SECONDS
+    lines = [ln for ln in r.stderr.splitlines() if "InputError" in ln]
+    assert lines == ["[rank 0/3] InputError: --threads must be >= 1, found 0 (leave it out for the default)"], r.stderr
+    assert "MPI_ABORT" not in r.stderr  # a clean exit on every rank, not an abort
+
+
+def test_an_error_on_one_rank_before_loading_is_printed_once(ckpts):
+    r, secs = mpirun((2, _cli(ckpts[0])), (1, _cli(ckpts[0], ["--prompt-ids", "1,2,97"])))
+    assert r.returncode != 0 and secs < ABORT_SECONDS
+    lines = [ln for ln in r.stderr.splitlines() if "Error" in ln]
+    assert lines == ["[rank 2/3] InputError: prompt 0: token id 97 at position 2 is outside the vocabulary [0, 97)"]

@@ -26,6 +26,37 @@ from .tree import TreePass, tree_shortconv
 from .weights import DTYPES, Weights
 
 
+def check_prompts(cfg: LFM2Config, batch, max_new_tokens: int = 0) -> list[np.ndarray]:
+    """Token-id prompts -> int32 arrays, or an InputError naming the prompt and position: ids in
+    [0, vocab), non-empty, prompt + max_new_tokens within the context. Needs only the config, so
+    command lines check their prompts before loading any weights."""
+    if isinstance(batch, np.ndarray) and batch.ndim == 1:
+        batch = [batch]
+    if not isinstance(batch, (list, tuple, np.ndarray)) or len(batch) == 0:
+        raise InputError("batch must be a non-empty list of token-id lists")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
+        raise InputError(f"max_new_tokens must be an integer >= 0, found {max_new_tokens!r}")
+    out = []
+    for b, p in enumerate(batch):
+        try:
+            a = np.asarray(p)
+        except (TypeError, ValueError):
+            raise InputError(f"prompt {b} is not a list of token ids") from None
+        if a.ndim != 1 or (a.size and not np.issubdtype(a.dtype, np.integer)):
+            raise InputError(f"prompt {b} must be a 1-D list of integer token ids, found {a.dtype} {a.shape}")
+        if a.size == 0:
+            raise InputError(f"prompt {b} is empty; at least one token id is needed")
+        bad = np.nonzero((a < 0) | (a >= cfg.vocab_size))[0]
+        if bad.size:
+            raise InputError(f"prompt {b}: token id {int(a[bad[0]])} at position {int(bad[0])} is outside the "
+                             f"vocabulary [0, {cfg.vocab_size})")
+        if a.size + max_new_tokens > cfg.max_position_embeddings:
+            raise InputError(f"prompt {b}: {a.size} prompt tokens + {max_new_tokens} new tokens exceed the "
+                             f"context of {cfg.max_position_embeddings} (max_position_embeddings)")
+        out.append(a.astype(np.int32))
+    return out
+
+
 class Engine:
     """An LFM2 model on one backend ('cpu', 'cuda' or 'numpy'): validation, the public API
     (logits, generate, session), the blocks and the layer loop."""
@@ -50,10 +81,14 @@ class Engine:
         if dtype not in DTYPES:
             raise InputError(f"dtype {dtype!r} is not supported; choose from {', '.join(DTYPES)}")
         backend = get_backend(device)  # no GPU, no build: fails here, before reading the checkpoint
+        if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer))
+                                        or num_threads < 1):
+            raise InputError(f"num_threads must be an integer >= 1 (or None: the default), found {num_threads!r}")
         ck = Checkpoint(path)
         if num_threads:
             backend.set_num_threads(int(num_threads))
-        return cls(ck.config, Weights(ck, dtype, backend, verbose=verbose), backend, ck.fingerprint())
+        w = Weights(ck, dtype, backend, verbose=verbose)
+        return cls(ck.config, w, backend, f"{ck.fingerprint()}-{w.digest}")
 
     def derive(self, top_k: int | None = None, skip_layers=()) -> "Engine":
         """A cheaper view sharing this engine's weights, for self-speculative drafts: fewer active
@@ -73,32 +108,7 @@ class Engine:
 
     # ------------------------------------------------------------------ validation
     def check_prompts(self, batch, max_new_tokens: int = 0) -> list[np.ndarray]:
-        cfg = self.config
-        if isinstance(batch, np.ndarray) and batch.ndim == 1:
-            batch = [batch]
-        if not isinstance(batch, (list, tuple, np.ndarray)) or len(batch) == 0:
-            raise InputError("batch must be a non-empty list of token-id lists")
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
-            raise InputError(f"max_new_tokens must be an integer >= 0, found {max_new_tokens!r}")
-        out = []
-        for b, p in enumerate(batch):
-            try:
-                a = np.asarray(p)
-            except (TypeError, ValueError):
-                raise InputError(f"prompt {b} is not a list of token ids") from None
-            if a.ndim != 1 or (a.size and not np.issubdtype(a.dtype, np.integer)):
-                raise InputError(f"prompt {b} must be a 1-D list of integer token ids, found {a.dtype} {a.shape}")
-            if a.size == 0:
-                raise InputError(f"prompt {b} is empty; at least one token id is needed")
-            bad = np.nonzero((a < 0) | (a >= cfg.vocab_size))[0]
-            if bad.size:
-                raise InputError(f"prompt {b}: token id {int(a[bad[0]])} at position {int(bad[0])} is outside the "
-                                 f"vocabulary [0, {cfg.vocab_size})")
-            if a.size + max_new_tokens > cfg.max_position_embeddings:
-                raise InputError(f"prompt {b}: {a.size} prompt tokens + {max_new_tokens} new tokens exceed the "
-                                 f"context of {cfg.max_position_embeddings} (max_position_embeddings)")
-            out.append(a.astype(np.int32))
-        return out
+        return check_prompts(self.config, batch, max_new_tokens)
 
     # ------------------------------------------------------------------ public API
     def session(self, batch_size: int, capacity: int, rollback: int = 0):
@@ -132,6 +142,7 @@ class Engine:
         (derive(top_k=...)) or the weights change; None where the backend has none."""
         f = self._fused
         if f is None or f[0] is not self.config or f[1] is not self.w:
+            self.w.freeze()  # the fused model reads the arrays in place: none may be replaced under it
             f = self._fused = (self.config, self.w, self.backend.fused_model(self.config, self.w))
         return f[2]
 

@@ -9,19 +9,25 @@ Throughput goes to stderr; --json prints a machine-readable summary on stdout (r
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
 import time
 
+import numpy as np
+
 from . import log
+from .checkpoint import check_writable
 from .cli import resolve_prompt
 from .errors import InputError
-from .parallel import ParallelPlan, check_same_model, run_guarded
+from .parallel import ParallelPlan, agree, check_same_model, run_guarded
+from .sampling import Sampler
 from .parallel import data_parallel as dpl
 from .parallel.comm import node_local
 
 PLANS = ("dp", "ep", "tp")
+GEN_DEFAULT_NEW_TOKENS = 16
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "(default: no communication); ep = samples split, experts sharded E/R per rank "
                          "(all-to-all per MoE layer); tp = every expert's FFN width sharded 1/R per rank "
                          "(R = 1, 2 or 4). All plans give the same tokens")
-    ap.add_argument("--max-new-tokens", type=int, default=16, help="tokens to generate in generation mode")
+    ap.add_argument("--max-new-tokens", type=int, default=None,
+                    help=f"tokens to generate in generation mode (default {GEN_DEFAULT_NEW_TOKENS})")
     ap.add_argument("--prompt", help="prompt text (needs tokenizer.json in the model directory)")
     ap.add_argument("--prompt-ids", help="prompt as comma-separated token ids, e.g. 1,2,3")
     ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
@@ -67,48 +74,147 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+# Arguments every rank must share (they shape the work split or the result); the prompt and the
+# workload's token ids are compared too (run_inputs); --plan and --bf16-dot are compared as the
+# plan and the numerics. Paths, --threads, -q and --json may differ.
+AGREED_ARGS = ("n", "batch_size", "warmup", "dtype", "device", "max_new_tokens", "temperature", "top_k", "top_p",
+               "seed", "stop_at_eos", "validate")
+
+
+def generation_mode(args) -> bool:
+    return args.prompt is not None or args.prompt_ids is not None
+
+
+def check_args(args, rank: int) -> None:
+    """Everything about the arguments that needs no file and no model: on every rank, first."""
+    if args.n is not None and args.n < 1:
+        raise InputError(f"-n must be >= 1, found {args.n}")
+    if args.warmup < 0:
+        raise InputError(f"-w must be >= 0, found {args.warmup}")
+    if args.threads is not None and args.threads < 1:
+        raise InputError(f"--threads must be >= 1, found {args.threads} (leave it out for the default)")
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, found {args.batch_size}")
+    if args.bf16_dot and (args.dtype != "bfloat16" or args.device != "cpu"):
+        raise InputError(f"--bf16-dot needs --dtype bfloat16 on the cpu device (got --dtype {args.dtype}, "
+                         f"--device {args.device})")
+    if args.model is not None and not os.path.isdir(args.model):
+        raise InputError(f"--model {args.model}: not a directory")
+    if generation_mode(args):
+        for flag, given in (("-v", args.validate), ("--inputs", args.inputs), ("--answers", args.answers),
+                            ("-n", args.n is not None)):
+            if given:
+                raise InputError(f"{flag} is for workload mode; it cannot be combined with --prompt/--prompt-ids")
+        if args.max_new_tokens is None:
+            args.max_new_tokens = GEN_DEFAULT_NEW_TOKENS
+        if args.max_new_tokens < 1:
+            raise InputError(f"--max-new-tokens must be >= 1, found {args.max_new_tokens}")
+        Sampler(args.temperature, args.top_k, args.top_p, args.seed)  # InputError on a bad sampling flag
+    else:
+        if args.max_new_tokens is not None:
+            raise InputError("--max-new-tokens needs a prompt (--prompt or --prompt-ids); workload mode "
+                             "computes last-token logits only")
+        if args.validate and args.inputs is not None and args.answers is None:
+            raise InputError(f"-v with --inputs {args.inputs} needs --answers (the answers of that workload)")
+        if rank == 0:  # the rank that writes: an unwritable target fails now, not after the run
+            check_writable(args.outputs, "--outputs")
+
+
 def resolve_model(args, comm) -> str:
+    """The checkpoint directory; the built-in synthetic one is written by rank 0 on first use
+    (agree() is the barrier before the other ranks read it)."""
     if args.model:
-        if not os.path.isdir(args.model):
-            raise InputError(f"--model {args.model}: not a directory")
         return args.model
     from .synthetic import default_model_dir
 
-    if comm.Get_rank() == 0:
-        d = default_model_dir(args.config, verbose=not args.quiet)
-    comm.Barrier()
-    if comm.Get_rank() != 0:
-        d = default_model_dir(args.config, create=False)
-    return d
+    first = comm.Get_rank() == 0
+    return agree(comm, lambda: default_model_dir(args.config, create=first, verbose=first and not args.quiet))
+
+
+class Job:
+    """What a run needs besides the weights, read and checked before they are loaded."""
+
+    def __init__(self, cfg, prompt=None, tokenizer=None, ids=None, answers=None, inputs_path=None):
+        self.cfg, self.prompt, self.tokenizer = cfg, prompt, tokenizer
+        self.ids, self.answers, self.inputs_path = ids, answers, inputs_path
+
+
+def prepare(args, comm, model_dir) -> Job:
+    """Read the config, the prompt (tokenizer) or the workload (inputs, -n, answers) and check the
+    prompts against the config, on every rank, before any weight is loaded."""
+    from .config import LFM2Config
+    from .engine import check_prompts
+    from .workload import default_workload, read_inputs, read_logits
+
+    rank = comm.Get_rank()
+    cfg = agree(comm, lambda: LFM2Config.from_hf(model_dir))
+    if generation_mode(args):
+        def gen():
+            prompt, tok = resolve_prompt(args.prompt, args.prompt_ids, model_dir, cfg.bos_token_id)
+            check_prompts(cfg, [prompt], args.max_new_tokens)
+            return Job(cfg, prompt=prompt, tokenizer=tok)
+
+        return agree(comm, gen)
+    inputs, answers = args.inputs, args.answers
+    if inputs is None:  # the built-in workload, made by rank 0 on first use
+        inputs, dflt = agree(comm, lambda: default_workload(model_dir, create=rank == 0,
+                                                            verbose=rank == 0 and not args.quiet))
+        answers = answers or dflt
+
+    def work():
+        ids = read_inputs(inputs)
+        n = ids.shape[0] if args.n is None else args.n
+        if n > ids.shape[0]:
+            raise InputError(f"-n {n}: the workload {inputs} has {ids.shape[0]} samples (choose 1..{ids.shape[0]})")
+        ids = ids[:n]
+        check_prompts(cfg, list(ids))  # ids in range, prompt fits the context
+        ans = None
+        if args.validate and rank == 0:  # rank 0 validates
+            ans = read_logits(answers)
+            if ans.shape[1] != cfg.vocab_size or ans.shape[0] < n:
+                raise InputError(f"{answers}: holds {ans.shape[0]} × {ans.shape[1]} logits; need >= {n} × "
+                                 f"{cfg.vocab_size} for this workload and model")
+        return Job(cfg, ids=ids, answers=ans, inputs_path=inputs)
+
+    return agree(comm, work)
+
+
+def run_inputs(args, job: Job) -> dict:
+    """The values every rank must share (check_same_model): AGREED_ARGS and a digest of the token ids."""
+    out = {"--" + k.replace("_", "-") if len(k) > 1 else "-" + k: getattr(args, k) for k in AGREED_ARGS}
+    toks = np.ascontiguousarray(job.ids if job.ids is not None else np.asarray(job.prompt, np.int32), np.int32)
+    out["token ids"] = f"{toks.shape} sha256 {hashlib.sha256(toks.tobytes()).hexdigest()[:16]}"
+    return out
 
 
 def default_threads(size: int) -> int:
     return max(1, (os.cpu_count() or 1) // size)
 
 
-def load_engine(args, comm, model_dir):
+def load_engine(args, comm, model_dir, job: Job):
     from .engine import Engine
 
-    plan = ParallelPlan(args.plan, comm.Get_size(), comm.Get_rank())  # a bad world size fails before loading
+    plan = agree(comm, lambda: ParallelPlan(args.plan, comm.Get_size(), comm.Get_rank()))  # before loading
     threads = args.threads or default_threads(node_local(comm)[1])  # cores shared by this node's ranks
     from . import _core
 
-    if args.bf16_dot:
-        if args.dtype != "bfloat16" or args.device != "cpu":
-            raise InputError(f"--bf16-dot needs --dtype bfloat16 on the cpu device (got --dtype {args.dtype}, "
-                             f"--device {args.device})")
-        try:
-            _core.set_bf16_dot(True)
-        except ValueError as e:  # no AVX512_BF16, or a SIMD path below avx512
-            raise InputError(f"--bf16-dot: {e} (SIMD path {_core.simd_level()}; CPU features: "
-                             f"{', '.join(_core.cpu_features())})") from None
+    def bf16_dot():
+        if args.bf16_dot:
+            try:
+                _core.set_bf16_dot(True)
+            except ValueError as e:  # no AVX512_BF16, or a SIMD path below avx512
+                raise InputError(f"--bf16-dot: {e} (SIMD path {_core.simd_level()}; CPU features: "
+                                 f"{', '.join(_core.cpu_features())})") from None
+
+    agree(comm, bf16_dot)
     numerics = f"simd {_core.simd_level()}, bf16 dot {'on' if _core.bf16_dot() else 'off'}"
     t0 = time.perf_counter()
-    eng = Engine.from_pretrained(model_dir, dtype=args.dtype, device=args.device, num_threads=threads,
-                                 verbose=not args.quiet and comm.Get_rank() == 0)
+    eng = agree(comm, lambda: Engine.from_pretrained(model_dir, dtype=args.dtype, device=args.device,
+                                                     num_threads=threads,
+                                                     verbose=not args.quiet and comm.Get_rank() == 0))
     log.info(f"loaded {model_dir} ({eng.config.model_type}, {eng.config.num_hidden_layers} layers, "
              f"dtype {args.dtype}) in {time.perf_counter() - t0:.2f} s; {comm.Get_size()} rank(s) × {threads} threads")
-    check_same_model(comm, eng.config.fingerprint(), eng.fingerprint, args.plan, numerics)
+    check_same_model(comm, eng.config.fingerprint(), eng.fingerprint, args.plan, numerics, run_inputs(args, job))
     eng.parallel_plan = plan
     if args.plan != "dp":  # also on 1 rank: tp's canonical slice sums give the same bits at 1, 2 and 4 ranks
         from .parallel import executors
@@ -117,34 +223,11 @@ def load_engine(args, comm, model_dir):
     return eng
 
 
-def run_workload(args, comm, eng, model_dir) -> dict:
-    from .workload import default_workload, read_inputs, read_logits, validate, write_logits
+def run_workload(args, comm, eng, model_dir, job: Job) -> dict:
+    from .workload import validate, write_logits
 
     rank, size = comm.Get_rank(), comm.Get_size()
-    inputs, answers = args.inputs, args.answers
-    if inputs is None:
-        if rank == 0:
-            inputs, dflt_ans = default_workload(model_dir, verbose=not args.quiet)
-        comm.Barrier()
-        if rank != 0:
-            inputs, dflt_ans = default_workload(model_dir, verbose=False)
-        answers = answers or dflt_ans
-    ids = read_inputs(inputs)
-    n = ids.shape[0] if args.n is None else args.n
-    if n < 1 or n > ids.shape[0]:
-        raise InputError(f"-n {n}: the workload {inputs} has {ids.shape[0]} samples (choose 1..{ids.shape[0]})")
-    ids = ids[:n]
-    eng.check_prompts(list(ids))  # ids in range, prompt fits the context — on every rank, before any work
-    ans = None
-    if args.validate:
-        if answers is None:
-            raise InputError("-v needs --answers (or the built-in workload)")
-        ans = read_logits(answers)
-        if ans.shape[1] != eng.config.vocab_size or ans.shape[0] < n:
-            raise InputError(f"{answers}: holds {ans.shape[0]} × {ans.shape[1]} logits; need >= {n} × "
-                             f"{eng.config.vocab_size} for this workload and model")
-    if args.batch_size < 1:
-        raise InputError(f"--batch-size must be >= 1, found {args.batch_size}")
+    ids, ans, n = job.ids, job.answers, job.ids.shape[0]
     plan = eng.parallel_plan  # dp/ep: this rank's share of the samples; tp: all of them
 
     def run_all():  # every rank makes plan.num_passes() forward passes (EP meets in each MoE layer)
@@ -180,10 +263,9 @@ def run_workload(args, comm, eng, model_dir) -> dict:
     return summary
 
 
-def run_generation(args, comm, eng, model_dir) -> dict:
+def run_generation(args, comm, eng, model_dir, job: Job) -> dict:
     rank, size = comm.Get_rank(), comm.Get_size()
-    prompt, tok = resolve_prompt(args.prompt, args.prompt_ids, model_dir, eng.config.bos_token_id)
-    eng.check_prompts([prompt], args.max_new_tokens)
+    prompt, tok = job.prompt, job.tokenizer
     t0 = time.perf_counter()
     steps = {"n": 0}
     t_first = [None]
@@ -219,16 +301,14 @@ def run_generation(args, comm, eng, model_dir) -> dict:
 def _main(comm, args) -> int:
     rank = comm.Get_rank()
     log.configure(rank, comm.Get_size(), 0 if args.quiet else 1)
-    if args.n is not None and args.n < 1:
-        raise InputError(f"-n must be >= 1, found {args.n}")
-    if args.warmup < 0:
-        raise InputError(f"-w must be >= 0, found {args.warmup}")
+    agree(comm, lambda: check_args(args, rank))  # typed errors before any expensive work, printed once
     model_dir = resolve_model(args, comm)
-    eng = load_engine(args, comm, model_dir)
-    if args.prompt is not None or args.prompt_ids is not None:
-        summary = run_generation(args, comm, eng, model_dir)
+    job = prepare(args, comm, model_dir)
+    eng = load_engine(args, comm, model_dir, job)
+    if generation_mode(args):
+        summary = run_generation(args, comm, eng, model_dir, job)
     else:
-        summary = run_workload(args, comm, eng, model_dir)
+        summary = run_workload(args, comm, eng, model_dir, job)
     if rank == 0 and args.json:
         print(json.dumps(summary), flush=True)
     if summary.get("validation") is not None and not summary["validation"]["valid"]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import socket
 import sys
 import tempfile
 
@@ -83,7 +84,8 @@ def write_synthetic(out_dir: str, preset: str = "default", seed: int = 0, dtype:
         shard_bytes = 2 * 2**30
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-synth-", dir=parent)
+    remove_stale_temps(parent)
+    tmp = tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid()}@{socket.gethostname()}-", dir=parent)
     done = [0, 0]
 
     def progress(nb):
@@ -106,6 +108,41 @@ def write_synthetic(out_dir: str, preset: str = "default", seed: int = 0, dtype:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+_TMP_PREFIX = ".tmp-synth-"
+
+
+def remove_stale_temps(parent: str) -> list[str]:
+    """Remove the temp directories of interrupted writes in `parent`: `.tmp-synth-PID@HOST-*` of
+    this host whose process is gone (a write killed by SIGKILL/SIGTERM cannot clean up after
+    itself; the next write does). Directories of live writers and of other hosts are kept.
+    -> the removed paths."""
+    host, removed = socket.gethostname(), []
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return removed
+    for name in names:
+        if not name.startswith(_TMP_PREFIX) or "@" not in name:
+            continue
+        pid, _, rest = name[len(_TMP_PREFIX):].partition("@")
+        if not pid.isdigit() or rest.rsplit("-", 1)[0] != host or _alive(int(pid)):
+            continue
+        path = os.path.join(parent, name)
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 def cache_dir() -> str:

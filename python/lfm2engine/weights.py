@@ -7,16 +7,27 @@ Layout: attention q | k | v projections fused into one [(H + 2 Hkv) Dh, D] matri
 then the qkv_split op); dense gate | up fused [2F, D]; experts stacked [E, 2Fe, D] (gate | up)
 and [E, D, Fe]. Projections are float32, bf16 bits (uint16) or float16; norms, conv taps,
 router and expert_bias always float32 (expert selection must not change with the dtype).
+
+Every host array is the engine's own copy, never a view of the checkpoint's file mapping: a
+checkpoint truncated or replaced while a job runs cannot fault a later forward (SIGBUS).
+`digest` fingerprints the bytes of every array as the engine holds them (CRC-32 per array, in
+load order; MPI ranks compare it at start-up). Once the fused model of an engine reads the
+arrays in place, `freeze()` makes the weights immutable: attributes cannot be replaced, the
+layer list is a tuple, host arrays are read-only (a change is an InputError, not a dangling
+pointer); `LayerWeights.copy()` and `with_layers()` give mutable copies to build variants from.
 """
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import time
+import zlib
 
 import numpy as np
 
 from .checkpoint import Checkpoint
+from .errors import InputError
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -24,23 +35,52 @@ DTYPES = ("float32", "bfloat16", "float16")
 class LayerWeights:
     """One layer's weights, prepared for the kernels (fused and stacked where it saves calls)."""
 
-    __slots__ = ("op_norm", "ffn_norm", "wqkv", "wo", "q_norm", "k_norm", "in_proj", "conv_w", "out_proj",
-                 "w13", "w2", "gate", "expert_bias", "ew13", "ew2")
+    NAMES = ("op_norm", "ffn_norm", "wqkv", "wo", "q_norm", "k_norm", "in_proj", "conv_w", "out_proj",
+             "w13", "w2", "gate", "expert_bias", "ew13", "ew2")
+    __slots__ = NAMES + ("_frozen",)
 
     def __init__(self):
-        for s in self.__slots__:
+        object.__setattr__(self, "_frozen", False)
+        for s in self.NAMES:
             setattr(self, s, None)
 
+    def __setattr__(self, name, value):
+        if self._frozen:
+            _refuse(f"layer weight {name!r}")
+        object.__setattr__(self, name, value)
+
     def copy(self) -> "LayerWeights":
-        """A new layer object holding the same arrays (to replace some of them privately)."""
+        """A new, mutable layer object holding the same arrays (to replace some of them privately)."""
         c = LayerWeights()
-        for s in self.__slots__:
+        for s in self.NAMES:
             setattr(c, s, getattr(self, s))
         return c
+
+    def freeze(self) -> None:
+        for s in self.NAMES:
+            _read_only(getattr(self, s))
+        object.__setattr__(self, "_frozen", True)
+
+
+def _refuse(what: str):
+    raise InputError(f"cannot replace {what}: these weights are frozen (an engine's fused model reads them in "
+                     "place); build a variant from copies: LayerWeights.copy(), Weights.with_layers()")
+
+
+def _read_only(a) -> None:
+    if isinstance(a, np.ndarray):
+        a.flags.writeable = False
+
+
+def _own(a: np.ndarray) -> np.ndarray:
+    """`a` as a C-contiguous array that owns its memory (a copy when it views a file mapping)."""
+    return a if a.flags.owndata and a.flags.c_contiguous else np.array(a, order="C")
 
 
 class Weights:
     """All weights of a model in the engine's storage dtype, on `backend`."""
+
+    _frozen = False
 
     def __init__(self, ck: Checkpoint, dtype: str, backend, verbose: bool = False):
         cfg = ck.config
@@ -51,7 +91,13 @@ class Weights:
             host = lambda n: np.ascontiguousarray(ck.bf16(n))  # noqa: E731
         else:
             host = lambda n: np.ascontiguousarray(ck.f32(n).astype(np.float16))  # noqa: E731
-        up = backend.upload
+        crcs = []
+
+        def up(a):  # own the bytes, fingerprint them as the engine will use them, hand them to the backend
+            a = _own(a)
+            crcs.append(f"{a.dtype.str}{a.shape}:{zlib.crc32(memoryview(a).cast('B')):08x}")
+            return backend.upload(a)
+
         proj = lambda n: up(host(n))  # noqa: E731
         f32 = lambda n: up(np.ascontiguousarray(ck.f32(n), dtype=np.float32))  # noqa: E731
         self.embed = proj("model.embed_tokens.weight")  # [V, D]
@@ -91,13 +137,31 @@ class Weights:
                 last = pct
                 print(f"[lfm2engine] loading weights ({backend.name}): {pct}% ({time.time() - t0:.1f} s)",
                       file=sys.stderr, flush=True)
+        # CRC-32 of each array in load order (names are implied by the order, which the config fixes)
+        self.digest = hashlib.sha256(";".join(crcs).encode()).hexdigest()[:16]
+
+    def __setattr__(self, name, value):
+        if self._frozen:
+            _refuse(f"weights.{name}")
+        object.__setattr__(self, name, value)
+
+    def freeze(self) -> "Weights":
+        """Make these weights immutable (see the module docstring); idempotent. -> self."""
+        if not self._frozen:
+            self.layers = tuple(self.layers)
+            for lw in self.layers:
+                lw.freeze()
+            for a in (self.embed, self.head, self.final_norm):
+                _read_only(a)
+            object.__setattr__(self, "_frozen", True)
+        return self
 
     def with_layers(self, layers: list[LayerWeights]) -> "Weights":
-        """A copy of these weights whose layer list is `layers` (the other tensors shared)."""
-        import copy
-
-        w = copy.copy(self)
-        w.layers = layers
+        """A mutable copy of these weights whose layer list is `layers` (the other tensors shared)."""
+        w = object.__new__(Weights)
+        w.__dict__.update(self.__dict__)
+        w.__dict__.pop("_frozen", None)
+        w.layers = list(layers)
         return w
 
 

@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 
-from .checkpoint import atomic_writer
+from .checkpoint import atomic_writer, check_writable
 from .errors import InputError, LFM2Error
 
 ATOL = 1e-3
@@ -97,6 +97,13 @@ def make_workload(model_dir: str, out_dir: str, n: int = 32, seq_len: int = 16, 
 
     if n < 1 or seq_len < 1:
         raise InputError(f"a workload needs n >= 1 and seq_len >= 1, got {n}, {seq_len}")
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    if not os.path.isdir(parent):
+        raise InputError(f"--out {out_dir}: the directory {parent} does not exist")
+    os.makedirs(out_dir, exist_ok=True)
+    ip, ap = os.path.join(out_dir, "inputs.bin"), os.path.join(out_dir, "answers.bin")
+    check_writable(ip, "--out")  # before the reference runs
+    check_writable(ap, "--out")
     ck = Checkpoint(model_dir)
     cfg = ck.config
     if seq_len > cfg.max_position_embeddings:
@@ -109,23 +116,23 @@ def make_workload(model_dir: str, out_dir: str, n: int = 32, seq_len: int = 16, 
         answers[i] = ref.forward(w, cfg, ids[i])
         if verbose and (i + 1) % max(1, n // 4) == 0:
             print(f"[lfm2engine] reference answers: {i + 1}/{n}", file=sys.stderr, flush=True)
-    os.makedirs(out_dir, exist_ok=True)
-    ip, ap = os.path.join(out_dir, "inputs.bin"), os.path.join(out_dir, "answers.bin")
     write_inputs(ip, ids)
     write_logits(ap, answers)
     return ip, ap
 
 
-def default_workload(model_dir: str, verbose: bool = True) -> tuple[str, str]:
-    """The built-in workload of a model directory (32 prompts × 16 tokens), made on first use."""
+def default_workload(model_dir: str, create: bool = True, verbose: bool = True) -> tuple[str, str]:
+    """The built-in workload of a model directory (32 prompts × 16 tokens), made on first use
+    (create=False: only its paths)."""
     from .synthetic import cache_dir
 
     key = os.path.abspath(model_dir).strip("/").replace("/", "_")
     d = os.path.join(cache_dir(), "workloads", key)
     ip, ap = os.path.join(d, "inputs.bin"), os.path.join(d, "answers.bin")
-    if not (os.path.isfile(ip) and os.path.isfile(ap)):
+    if create and not (os.path.isfile(ip) and os.path.isfile(ap)):
         if verbose:
             print(f"[lfm2engine] creating the default workload (32 × 16 tokens) in {d}", file=sys.stderr, flush=True)
+        os.makedirs(d, exist_ok=True)  # the cache's own folders
         make_workload(model_dir, d, verbose=verbose)
     return ip, ap
 

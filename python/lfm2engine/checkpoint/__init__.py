@@ -11,10 +11,10 @@ from .dtypes import DTYPE_TAGS, TAG_NAMES, as_f32, bf16_to_f32, encode, f32_to_b
 from .editing import write_pruned_checkpoint
 from .manifest import INDEX_NAME, SINGLE_NAME, expected_tensors
 from .reading import Checkpoint, TensorRef, read_header, scan, validate
-from .writing import atomic_writer, save_file, save_pretrained, write_safetensors
+from .writing import atomic_writer, check_writable, save_file, save_pretrained, write_safetensors
 
 __all__ = [
     "Checkpoint", "DTYPE_TAGS", "INDEX_NAME", "SINGLE_NAME", "TAG_NAMES", "TensorRef", "as_f32", "atomic_writer",
-    "bf16_to_f32", "encode", "expected_tensors", "f32_to_bf16", "read_header", "save_file", "save_pretrained",
+    "check_writable", "bf16_to_f32", "encode", "expected_tensors", "f32_to_bf16", "read_header", "save_file", "save_pretrained",
     "scan", "validate", "write_pruned_checkpoint", "write_safetensors",
 ]

@@ -14,6 +14,7 @@ import tempfile
 import numpy as np
 
 from ..config import LFM2Config
+from ..errors import InputError
 from .dtypes import DTYPE_TAGS, TAG_NAMES, encode
 from .manifest import INDEX_NAME, SINGLE_NAME, expected_tensors
 
@@ -57,25 +58,59 @@ def save_file(tensors: dict[str, np.ndarray], path: str, dtype: str = "F32") -> 
     write_safetensors(path, specs, tensors.__getitem__, dtype)
 
 
+def check_writable(path: str, what: str = "output") -> str:
+    """Up-front check that `path` can be written atomically: its directory exists and is writable,
+    and `path` is not a directory. -> the absolute path; InputError naming `what` otherwise.
+    Nothing is created (a missing directory is an error, never made silently)."""
+    p = os.path.abspath(os.fspath(path))
+    d = os.path.dirname(p)
+    if os.path.isdir(p):
+        raise InputError(f"{what} {path}: is a directory; give a file name")
+    if not os.path.isdir(d):
+        raise InputError(f"{what} {path}: the directory {d} does not exist")
+    if not os.access(d, os.W_OK | os.X_OK):
+        raise InputError(f"{what} {path}: the directory {d} is not writable")
+    if os.path.exists(p) and not os.path.isfile(p):
+        raise InputError(f"{what} {path}: exists and is not a regular file")
+    return p
+
+
+def _umask() -> int:
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
 class atomic_writer:
-    """Context manager: write to a temp file in the target's directory, then os.replace()."""
+    """Context manager: write to a temp file in the target's directory, then os.replace().
+
+    The directory must exist (check_writable); the file gets the mode a plain open() would give
+    (0666 minus the umask), not mkstemp's 0600; on any failure (in the body, on close, on the
+    rename) the temp file is removed and the target is left as it was."""
 
     def __init__(self, path: str, mode: str = "wb"):
         self.path, self.mode = os.fspath(path), mode
 
     def __enter__(self):
-        d = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(d, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
-        self.f = os.fdopen(fd, self.mode)
+        p = check_writable(self.path)
+        fd, self.tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(p))
+        try:
+            os.fchmod(fd, 0o666 & ~_umask())
+            self.f = os.fdopen(fd, self.mode)
+        except BaseException:
+            os.close(fd)
+            os.unlink(self.tmp)
+            raise
         return self.f
 
     def __exit__(self, exc_type, exc, tb):
-        self.f.close()
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        else:
-            os.unlink(self.tmp)
+        try:
+            self.f.close()
+            if exc_type is None:
+                os.replace(self.tmp, self.path)
+        finally:
+            if os.path.lexists(self.tmp):
+                os.unlink(self.tmp)
         return False
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 from .. import scaling
@@ -36,11 +35,11 @@ def cmd_plan(a) -> dict:
     law = scaling.ScalingLaw(a.A, a.alpha, a.B, a.beta, a.E)
     r = plan(a.budget, gpus=a.gpu, mfu=a.mfu, law=law, vocab=a.vocab, seq=a.seq)
     if a.config_out:
-        tmp = a.config_out + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
+        from ..checkpoint import atomic_writer
+
+        with atomic_writer(a.config_out, "w") as f:
             json.dump(r["model_config"], f, indent=2)
             f.write("\n")
-        os.replace(tmp, a.config_out)
     return r
 
 

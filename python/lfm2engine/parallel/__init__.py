@@ -6,7 +6,8 @@ executors.py installs a plan on an Engine; data_parallel.py splits requests and 
 in step; simulate.py runs any plan on virtual ranks in one process.
 """
 
-from .comm import check_same_model, gather_rows, get_comm, run_guarded
+from .comm import StartupFailure, agree, check_same_model, gather_rows, get_comm, run_guarded
 from .plan import KINDS, ParallelPlan
 
-__all__ = ["get_comm", "run_guarded", "check_same_model", "gather_rows", "ParallelPlan", "KINDS"]
+__all__ = ["get_comm", "run_guarded", "agree", "StartupFailure", "check_same_model",
+           "gather_rows", "ParallelPlan", "KINDS"]

@@ -64,16 +64,57 @@ def get_comm():
     return MPI.COMM_WORLD
 
 
+class StartupFailure(LFM2Error):
+    """Every rank knows the job cannot start (agree() or the start-up check found a typed error on
+    some rank): rank 0 prints the one line, every rank exits with code 2, nobody aborts."""
+
+    def __init__(self, line: str):
+        super().__init__(line)
+        self.line = line
+
+
+def failure_line(rank: int, size: int, e: BaseException) -> str:
+    return f"[rank {rank}/{size}] {type(e).__name__}: {e}"
+
+
+def agree(comm, step):
+    """Run step() (local work, no collectives) on every rank, then agree on the outcome: when it
+    raised a typed error (LFM2Error, OSError) on any rank, every rank raises StartupFailure with
+    the first failing rank's line (and how many others failed), so the job stops cleanly with
+    one message instead of one per rank or an MPI abort. -> step()'s result. Collective (one
+    small allgather; also the barrier that orders rank 0's work before the others' use of it)."""
+    rank, size = comm.Get_rank(), comm.Get_size()
+    err, out = None, None
+    try:
+        out = step()
+    except (LFM2Error, OSError) as e:
+        if isinstance(e, StartupFailure):
+            raise
+        err = (type(e).__name__, str(e))
+    errs = comm.allgather(err) if size > 1 else [err]
+    failed = [(r, m) for r, m in enumerate(errs) if m is not None]
+    if failed:
+        r0, (kind, msg) = failed[0]
+        more = len({m for _, m in failed} - {(kind, msg)})
+        raise StartupFailure(f"[rank {r0}/{size}] {kind}: {msg}"
+                             + (f" (and {more} other error(s) on other ranks)" if more else ""))
+    return out
+
+
 def run_guarded(main, comm=None) -> int:
     """Run main() -> int. On an exception: print `[rank r/R] Type: message` on stderr, and in a
-    multi-rank job Abort the whole world so that no peer hangs in a collective."""
+    multi-rank job Abort the whole world so that no peer hangs in a collective. A StartupFailure
+    (all ranks know of it) is printed once, by rank 0, and every rank returns 2 without aborting."""
     comm = comm if comm is not None else get_comm()
     rank, size = comm.Get_rank(), comm.Get_size()
     try:
         return main(comm)
+    except StartupFailure as e:
+        if rank == 0:
+            print(e.line, file=sys.stderr, flush=True)
+        return 2
     except (LFM2Error, OSError) as e:
-        msg = f"[rank {rank}/{size}] {type(e).__name__}: {e}"
-        code = 2
+        msg, code = failure_line(rank, size, e), 2
     except KeyboardInterrupt:
         msg, code = f"[rank {rank}/{size}] interrupted", 130
     except Exception as e:  # a bug: keep the traceback
@@ -99,19 +140,42 @@ def node_local(comm) -> tuple[int, int]:
         node.Free()
 
 
-def check_same_model(comm, config_fp: str, ckpt_fp: str, plan: str = "", numerics: str = "") -> None:
-    """Start-up check: every rank loaded the same config and checkpoint, runs the same plan and
-    computes the same bits (`numerics`: the SIMD path and the bf16 dot mode, which change results)."""
-    got = comm.allgather((config_fp, ckpt_fp, plan, numerics))
-    for k, what in enumerate(("config", "checkpoint", "parallel plan", "numerics")):
-        vals = [g[k] for g in got]
-        if len(set(vals)) != 1:
-            detail = ", ".join(f"rank {r}: {v}" for r, v in enumerate(vals))
-            if what == "numerics":
-                raise ParallelError(f"ranks would compute different bits: numerics differs ({detail}); pin one "
-                                    "SIMD path with LFM2_SIMD and set LFM2_BF16_DOT alike on every node")
-            raise ParallelError(f"ranks loaded different models: {what} differs ({detail}); every rank must read "
-                                "the same config.json and checkpoint and get the same --plan")
+def check_same_model(comm, config_fp: str, ckpt_fp: str, plan: str = "", numerics: str = "",
+                     inputs: dict | None = None) -> None:
+    """Start-up check: every rank loaded the same config and checkpoint (ckpt_fp covers the
+    weights' bytes: Weights.digest), runs the same plan, computes the same bits (`numerics`: the
+    SIMD path and the bf16 dot mode, which change results) and was given the same `inputs`
+    ({name: value} of everything that shapes the work split or the result: -n, --batch-size,
+    sampling flags, the prompt or workload digest...). Collective; on a difference every rank
+    raises StartupFailure naming the first differing item and each rank's value."""
+    got = comm.allgather(((config_fp, plan, numerics), sorted(dict(inputs or {}).items()), ckpt_fp))
+    size = comm.Get_size()
+
+    def fail(msg):
+        raise StartupFailure(failure_line(0, size, ParallelError(msg)))
+
+    def differs(vals):
+        return ", ".join(f"rank {r}: {v}" for r, v in enumerate(vals)) if any(v != vals[0] for v in vals) else None
+
+    # in this order: the weights' digest also differs when the --dtype does, which is said first
+    for k, what in enumerate(("config", "parallel plan", "numerics")):
+        detail = differs([g[0][k] for g in got])
+        if detail and what == "numerics":
+            fail(f"ranks would compute different bits: numerics differs ({detail}); pin one SIMD path with "
+                 "LFM2_SIMD and set LFM2_BF16_DOT alike on every node")
+        elif detail:
+            fail(f"ranks loaded different models: {what} differs ({detail}); every rank must read the same "
+                 "config.json and checkpoint and get the same --plan")
+    per_rank = [dict(g[1]) for g in got]
+    for name in sorted(set().union(*per_rank)):
+        detail = differs([p.get(name, "(not given)") for p in per_rank])
+        if detail:
+            fail(f"ranks were given different inputs: {name} differs ({detail}); every rank must get the same "
+                 "arguments and input files")
+    detail = differs([g[2] for g in got])
+    if detail:
+        fail(f"ranks loaded different models: checkpoint differs ({detail}); the weights' bytes differ: every "
+             "rank must read the same config.json and checkpoint")
 
 
 def _displs(counts) -> list[int]:

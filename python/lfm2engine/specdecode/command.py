@@ -74,6 +74,8 @@ def _check_args(args) -> None:
         raise InputError(f"--max-new-tokens must be >= 1, found {args.max_new_tokens}")
     if args.repeats < 1:
         raise InputError(f"--repeats must be >= 1, found {args.repeats}")
+    if args.threads is not None and args.threads < 1:
+        raise InputError(f"--threads must be >= 1, found {args.threads} (leave it out for the default)")
     if args.temperature < 0:
         raise InputError(f"--temperature must be >= 0, found {args.temperature}")
 
