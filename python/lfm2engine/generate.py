@@ -224,7 +224,7 @@ def load_engine(args, comm, model_dir, job: Job):
 
 
 def run_workload(args, comm, eng, model_dir, job: Job) -> dict:
-    from .workload import validate, write_logits
+    from .workload import write_logits
 
     rank, size = comm.Get_rank(), comm.Get_size()
     ids, ans, n = job.ids, job.answers, job.ids.shape[0]
@@ -250,17 +250,39 @@ def run_workload(args, comm, eng, model_dir, job: Job) -> dict:
         log.info(f"{n} samples × {ids.shape[1]} tokens in {elapsed:.3f} s: {n / elapsed:.2f} samples/s, "
                  f"{n * ids.shape[1] / elapsed:.1f} prompt tokens/s -> {args.outputs}")
         if ans is not None:
-            res = validate(logits, ans)
-            summary["validation"] = res
-            verdict = "VALID" if res["valid"] else "INVALID"
-            line = (f"{verdict}: top-1 accuracy {res['top1_accuracy'] * 100:.1f}%, "
-                    f"max |error| {res['max_abs_error']:.2e} over {n} samples")
-            if not res["valid"]:
-                fm = res["first_mismatch"]
-                line += (f"; {res['mismatches']} logits off by > 1e-3, first at sample {fm['sample']} "
-                         f"index {fm['index']}: {fm['output']:.6f} vs {fm['answer']:.6f}")
-            print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
+            summary["validation"] = judge(args, model_dir, ids, logits, ans)
     return summary
+
+
+def judge(args, model_dir, ids, logits, ans) -> dict:
+    """-v: every logit within 1e-3 of the answers -> VALID. Mismatching samples that a routing
+    near-tie explains (workload.explain_near_ties; tried when at most 1/20 of the samples
+    mismatch) are listed apart and not judged (docs/validation.md). Prints the verdict."""
+    from .workload import explain_near_ties, mismatching_samples, validate, with_near_ties
+
+    n = logits.shape[0]
+    res = validate(logits, ans)
+    bad = [] if res["valid"] else mismatching_samples(logits, ans)
+    if bad and len(bad) <= max(1, n // 20):
+        log.info(f"{len(bad)} sample(s) off by > 1e-3: checking them for MoE routing near-ties with the reference")
+        res = with_near_ties(res, logits, ans, explain_near_ties(model_dir, ids, logits, bad))
+    ties = res.get("near_ties", [])
+    judged = res.get("judged", n)
+    verdict = "VALID" if res["valid"] else "INVALID"
+    line = (f"{verdict}: top-1 accuracy {res['top1_accuracy'] * 100:.1f}%, "
+            f"max |error| {res['max_abs_error']:.2e} over {judged} samples")
+    if ties:
+        line += f"; {len(ties)} of {n} samples not judged (MoE routing near-ties, listed below)"
+    if not res["valid"] and "first_mismatch" in res:
+        fm = res["first_mismatch"]
+        line += (f"; {res['mismatches']} logits off by > 1e-3, first at sample {fm['sample']} "
+                 f"index {fm['index']}: {fm['output']:.6f} vs {fm['answer']:.6f}")
+    for t in ties:
+        line += (f"\n  near-tie: sample {t['sample']}, layer {t['layer']}, token {t['token']}: expert scores "
+                 f"{t['margin']:.2e} apart < float32 bound {t['bound']:.2e}; with the other expert there the "
+                 "reference matches within 1e-3")
+    print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
+    return res
 
 
 def run_generation(args, comm, eng, model_dir, job: Job) -> dict:

@@ -94,16 +94,20 @@ def swiglu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
 
 
 def moe_route(router_logits: np.ndarray, expert_bias: np.ndarray | None, k: int, norm_topk: bool,
-              scale: float) -> tuple[np.ndarray, np.ndarray]:
+              scale: float, flip=()) -> tuple[np.ndarray, np.ndarray]:
     """Sigmoid router. router_logits [T, E], expert_bias [E] or None.
 
     Selection uses sigmoid + bias (ties: lower expert id first); weights use the unbiased sigmoid,
     renormalized over the top-k (+1e-6 as in HF) and scaled. Returns (ids [T, K] int32 in
-    selection order, weights [T, K]).
+    selection order, weights [T, K]). `flip`: tokens whose k-th choice is replaced by their
+    (k+1)-th (the other side of a near-tie; RoutingLog).
     """
     s = 1.0 / (1.0 + np.exp(-router_logits.astype(np.float64)))
     sel = s + (expert_bias.astype(np.float64)[None, :] if expert_bias is not None else 0.0)
-    ids = np.argsort(-sel, axis=-1, kind="stable")[:, :k].astype(np.int32)  # [T, K]
+    order = np.argsort(-sel, axis=-1, kind="stable")
+    ids = order[:, :k].astype(np.int32)  # [T, K]
+    for t in flip:
+        ids[t, k - 1] = order[t, k]
     w = np.take_along_axis(s, ids, axis=-1)
     if norm_topk:
         w = w / (w.sum(axis=-1, keepdims=True) + 1e-6)
@@ -175,11 +179,53 @@ def stacked_experts(wts: dict, cfg: LFM2Config, i: int) -> tuple[np.ndarray, np.
     return tuple(np.stack([wts[f"{p}{e}.{n}.weight"] for e in e_]) for n in ("w1", "w3", "w2"))
 
 
-def moe_block(wts: dict, cfg: LFM2Config, i: int, h: np.ndarray) -> np.ndarray:
+class RoutingLog:
+    """What forward() records of each MoE layer's routing, and which decisions it flips.
+
+    For layer i: margin[i] [T] = the gap between the k-th and (k+1)-th selection score of each
+    token, and bound[i] [T] = how far two correct float32 computations of those two scores can
+    differ: sigmoid' <= 1/4 times the worst-case error of a length-D float32 dot product in any
+    summation order, gamma_D = D u / (1 - D u) (u = 2^-24) times sum_d |h_d g_ed|, for each of the
+    two experts. A token with margin < bound sits on a near-tie: another correct implementation may
+    pick the (k+1)-th expert. `flip` = {(layer, token)} makes forward() pick it (docs/validation.md)."""
+
+    def __init__(self, flip=()):
+        self.flip = set(flip)
+        self.margin: dict[int, np.ndarray] = {}
+        self.bound: dict[int, np.ndarray] = {}
+
+    def record(self, i: int, h: np.ndarray, gate: np.ndarray, logits: np.ndarray, bias, k: int) -> None:
+        s = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+        sel = s + (bias.astype(np.float64)[None, :] if bias is not None else 0.0)
+        order = np.argsort(-sel, axis=-1, kind="stable")
+        if order.shape[1] <= k:  # every expert is selected: no decision to tie on
+            return
+        a, b = order[:, k - 1], order[:, k]
+        t = np.arange(h.shape[0])
+        self.margin[i] = sel[t, a] - sel[t, b]
+        u = 2.0**-24
+        n = h.shape[1]
+        gamma = n * u / (1 - n * u)
+        mag = np.abs(h.astype(np.float64)) @ np.abs(gate.astype(np.float64)).T  # [T, E]: sum_d |h_d g_ed|
+        self.bound[i] = 0.25 * gamma * (mag[t, a] + mag[t, b])
+
+    def near_ties(self) -> list[tuple[int, int, float, float]]:
+        """(layer, token, margin, bound) of every decision with margin < bound, smallest margin first."""
+        out = [(i, int(t), float(self.margin[i][t]), float(self.bound[i][t]))
+               for i in self.margin for t in np.nonzero(self.margin[i] < self.bound[i])[0]]
+        return sorted(out, key=lambda x: x[2])
+
+
+def moe_block(wts: dict, cfg: LFM2Config, i: int, h: np.ndarray, routing: RoutingLog | None = None) -> np.ndarray:
     p = f"model.layers.{i}.feed_forward."
     logits = gemm(h, wts[p + "gate.weight"])  # [T, E]
     bias = wts.get(p + "expert_bias") if cfg.use_expert_bias else None
-    ids, w = moe_route(logits, bias, cfg.num_experts_per_tok, cfg.norm_topk_prob, cfg.routed_scaling_factor)
+    k = cfg.num_experts_per_tok
+    flip = ()
+    if routing is not None:
+        routing.record(i, h, wts[p + "gate.weight"], logits, bias, k)
+        flip = [t for (li, t) in routing.flip if li == i]
+    ids, w = moe_route(logits, bias, k, cfg.norm_topk_prob, cfg.routed_scaling_factor, flip)
     w1, w3, w2 = stacked_experts(wts, cfg, i)
     return moe_experts(h, ids, w, w1, w3, w2)
 
@@ -189,10 +235,11 @@ def lm_head_weight(wts: dict) -> np.ndarray:
 
 
 def forward(wts: dict, cfg: LFM2Config, ids, cache: ReferenceCache | None = None,
-            all_logits: bool = False) -> np.ndarray:
+            all_logits: bool = False, routing: RoutingLog | None = None) -> np.ndarray:
     """Run one sequence's new tokens `ids` [T] through the model, appending to `cache`.
 
-    Returns logits [T, V] if all_logits else the last position's [V]."""
+    Returns logits [T, V] if all_logits else the last position's [V]. `routing` records every
+    MoE routing decision's margin (and flips the decisions it lists)."""
     if cache is None:
         cache = ReferenceCache(cfg, wts["model.embed_tokens.weight"].dtype)
     ids = np.asarray(ids, dtype=np.int64)
@@ -206,7 +253,7 @@ def forward(wts: dict, cfg: LFM2Config, ids, cache: ReferenceCache | None = None
         else:
             x = x + shortconv_block(wts, cfg, i, h, cache)
         h2 = rmsnorm(x, wts[p + "ffn_norm.weight"], cfg.norm_eps)
-        x = x + (moe_block(wts, cfg, i, h2) if cfg.is_moe_layer(i) else dense_ffn(wts, cfg, i, h2))
+        x = x + (moe_block(wts, cfg, i, h2, routing) if cfg.is_moe_layer(i) else dense_ffn(wts, cfg, i, h2))
     cache.length += len(ids)
     x = rmsnorm(x if all_logits else x[-1:], wts["model.embedding_norm.weight"], cfg.norm_eps)
     logits = gemm(x, lm_head_weight(wts))  # [T, V]

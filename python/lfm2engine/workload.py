@@ -89,6 +89,65 @@ def validate(outputs: np.ndarray, answers: np.ndarray, atol: float = ATOL) -> di
     return res
 
 
+def mismatching_samples(outputs: np.ndarray, answers: np.ndarray, atol: float = ATOL) -> list[int]:
+    """Samples with any logit off by more than atol (or not finite)."""
+    diff = np.abs(outputs.astype(np.float64) - answers[: outputs.shape[0]])
+    return [int(s) for s in np.nonzero(~np.all(diff <= atol, axis=1))[0]]
+
+
+def explain_near_ties(model_dir: str, ids: np.ndarray, outputs: np.ndarray, samples, atol: float = ATOL,
+                      max_flips: int = 16) -> dict[int, dict]:
+    """Which mismatching `samples` a routing near-tie explains (docs/validation.md): the NumPy
+    reference re-runs the sample recording every MoE routing decision's margin; for each decision
+    whose margin is below its float32 error bound (RoutingLog), smallest first, it runs again with
+    the other expert chosen there. When that alternative matches the output within atol for every
+    logit, the sample is explained -> {sample: {layer, token, margin, bound}}; others are not."""
+    from . import reference as ref
+    from .checkpoint import Checkpoint
+
+    ck = Checkpoint(model_dir)
+    cfg = ck.config
+    if not cfg.is_moe or not samples:
+        return {}
+    w = ck.state_dict_f32()
+    out = {}
+    for s in samples:
+        log = ref.RoutingLog()
+        ref.forward(w, cfg, ids[s], routing=log)
+        for i, t, m, b in log.near_ties()[:max_flips]:
+            alt = ref.forward(w, cfg, ids[s], routing=ref.RoutingLog({(i, t)}))
+            if np.all(np.abs(outputs[s].astype(np.float64) - alt) <= atol):
+                out[int(s)] = {"sample": int(s), "layer": i, "token": t, "margin": m, "bound": b}
+                break
+    return out
+
+
+def with_near_ties(res: dict, outputs: np.ndarray, answers: np.ndarray, ties: dict, atol: float = ATOL) -> dict:
+    """validate()'s summary with the samples that `ties` explains set apart: listed under
+    "near_ties", not judged and not counted as passes; "valid", "top1_accuracy", "max_abs_error"
+    and "mismatches" then speak of the judged samples only ("judged" of "samples")."""
+    res = dict(res)
+    n = outputs.shape[0]
+    judged = np.array([s for s in range(n) if s not in ties], dtype=np.int64)
+    res["near_ties"] = [ties[s] for s in sorted(ties)]
+    res["judged"] = int(judged.size)
+    if judged.size == 0:
+        res.update(valid=False, mismatches=0)
+        return res
+    o, a = outputs[judged], answers[judged]
+    diff = np.abs(o.astype(np.float64) - a)
+    bad = ~(diff <= atol)
+    res.update(valid=not bool(bad.any()), mismatches=int(bad.sum()), max_abs_error=float(np.nanmax(diff)),
+               top1_accuracy=float(np.mean(np.argmax(o, axis=1) == np.argmax(a, axis=1))))
+    res.pop("first_mismatch", None)
+    if bad.any():
+        r, j = map(int, np.argwhere(bad)[0])
+        s = int(judged[r])
+        res["first_mismatch"] = {"sample": s, "index": j, "output": float(outputs[s, j]),
+                                 "answer": float(answers[s, j])}
+    return res
+
+
 def make_workload(model_dir: str, out_dir: str, n: int = 32, seq_len: int = 16, seed: int = 0,
                   verbose: bool = True) -> tuple[str, str]:
     """Random prompts (ids drawn from [2, V), i.e. no pad/bos) and their answers from the NumPy reference."""
