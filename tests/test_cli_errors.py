@@ -151,3 +151,11 @@ def test_interrupted_synthetic_write_leaves_no_temp_dir(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         synthetic.write_synthetic(str(tmp_path / "synthetic-default"), "default", verbose=False)
     assert sorted(os.listdir(tmp_path)) == sorted([live.name, other.name])  # the dead one swept, ours removed
+
+
+def test_workload_make_needs_an_existing_parent_directory(hf_ckpt, tmp_path, capsys):
+    from lfm2engine import workload
+
+    rc = workload.main(["make", "--model", hf_ckpt("moe_a"), "--out", str(tmp_path / "no" / "w"), "-n", "2"])
+    assert rc == 2 and f"the directory {tmp_path / 'no'} does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()

@@ -21,7 +21,7 @@ import numpy as np
 from .backends import Backend, get_backend
 from .checkpoint import Checkpoint
 from .config import LFM2Config
-from .errors import BackendError, InputError
+from .errors import BackendError, CheckpointError, InputError
 from .tree import TreePass, tree_shortconv
 from .weights import DTYPES, Weights
 
@@ -57,6 +57,18 @@ def check_prompts(cfg: LFM2Config, batch, max_new_tokens: int = 0) -> list[np.nd
     return out
 
 
+def _file_ids(ck: Checkpoint) -> dict:
+    """(device, inode, size, mtime) of each file of a checkpoint: what a replacement or truncation changes."""
+    out = {}
+    for f in sorted({r.file for r in ck.refs.values()}):
+        try:
+            st = os.stat(f)
+            out[f] = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        except OSError:
+            out[f] = None
+    return out
+
+
 class Engine:
     """An LFM2 model on one backend ('cpu', 'cuda' or 'numpy'): validation, the public API
     (logits, generate, session), the blocks and the layer loop."""
@@ -87,7 +99,12 @@ class Engine:
         ck = Checkpoint(path)
         if num_threads:
             backend.set_num_threads(int(num_threads))
-        w = Weights(ck, dtype, backend, verbose=verbose)
+        before = _file_ids(ck)
+        w = Weights(ck, dtype, backend, verbose=verbose)  # copies: no view of the files remains
+        changed = [f for f, st in _file_ids(ck).items() if st != before[f]]
+        if changed:
+            raise CheckpointError(f"{changed[0]}: the file was replaced or changed while the engine loaded it; "
+                                  "load again once it is complete")
         return cls(ck.config, w, backend, f"{ck.fingerprint()}-{w.digest}")
 
     def derive(self, top_k: int | None = None, skip_layers=()) -> "Engine":
@@ -142,8 +159,10 @@ class Engine:
         (derive(top_k=...)) or the weights change; None where the backend has none."""
         f = self._fused
         if f is None or f[0] is not self.config or f[1] is not self.w:
-            self.w.freeze()  # the fused model reads the arrays in place: none may be replaced under it
-            f = self._fused = (self.config, self.w, self.backend.fused_model(self.config, self.w))
+            # the fused model reads the arrays in place: it owns a frozen snapshot that pins them all,
+            # and our weights freeze too, so the Python path and it cannot diverge
+            self.w.freeze()
+            f = self._fused = (self.config, self.w, self.backend.fused_model(self.config, self.w.snapshot()))
         return f[2]
 
     def _profiled(self):

@@ -12,9 +12,11 @@ Every host array is the engine's own copy, never a view of the checkpoint's file
 checkpoint truncated or replaced while a job runs cannot fault a later forward (SIGBUS).
 `digest` fingerprints the bytes of every array as the engine holds them (CRC-32 per array, in
 load order; MPI ranks compare it at start-up). Once the fused model of an engine reads the
-arrays in place, `freeze()` makes the weights immutable: attributes cannot be replaced, the
-layer list is a tuple, host arrays are read-only (a change is an InputError, not a dangling
-pointer); `LayerWeights.copy()` and `with_layers()` give mutable copies to build variants from.
+arrays in place, it owns a frozen `snapshot()` of them (which pins every array it reads) and the
+engine's own weights are frozen too, so that they cannot silently diverge from what the fused
+model reads: attributes cannot be replaced, the layer list is a tuple, host arrays are read-only
+(a change is an InputError, never a dangling pointer); `LayerWeights.copy()` and `with_layers()`
+give mutable copies to build variants from.
 """
 
 from __future__ import annotations
@@ -155,6 +157,12 @@ class Weights:
                 _read_only(a)
             object.__setattr__(self, "_frozen", True)
         return self
+
+    def snapshot(self) -> "Weights":
+        """A frozen copy of this object graph (new Weights and LayerWeights objects, the same
+        arrays) for a fused model to own: nothing else can reach it, so none of its arrays can be
+        dropped or replaced while the fused model lives."""
+        return self.with_layers([lw.copy() for lw in self.layers]).freeze()
 
     def with_layers(self, layers: list[LayerWeights]) -> "Weights":
         """A mutable copy of these weights whose layer list is `layers` (the other tensors shared)."""

@@ -215,7 +215,7 @@ def main(argv=None) -> int:
         ip, anp = make_workload(model, a.out, a.n, a.seq_len, a.seed)
         print(f"wrote {ip} and {anp}")
         return 0
-    except LFM2Error as e:
+    except (LFM2Error, OSError) as e:
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
 
