@@ -2,10 +2,21 @@
 
 Public API: LFM2Config, Engine (lazy: importing the package does not load the compiled
 extension, so config/checkpoint/costs tools work without it), the error types.
+
+Importing the package sets OMP_WAIT_POLICY=PASSIVE unless OMP_WAIT_POLICY or GOMP_SPINCOUNT is
+already set: OpenMP workers then sleep between parallel regions instead of spinning, so on a
+busy machine they neither take cores from the threads doing the work nor wait for a descheduled
+spinner (a 20-token generate on a loaded 2-core box: see analysis/cpu_performance.md). It must
+happen before the OpenMP runtime is loaded with lfm2engine._core.
 """
 
-from .config import LFM2Config
-from .errors import BackendError, CheckpointError, ConfigError, InputError, LFM2Error, ParallelError
+import os as _os
+
+if "OMP_WAIT_POLICY" not in _os.environ and "GOMP_SPINCOUNT" not in _os.environ:
+    _os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
+from .config import LFM2Config  # noqa: E402
+from .errors import BackendError, CheckpointError, ConfigError, InputError, LFM2Error, ParallelError  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -188,7 +188,10 @@ def run_inputs(args, job: Job) -> dict:
 
 
 def default_threads(size: int) -> int:
-    return max(1, (os.cpu_count() or 1) // size)
+    """Threads per rank: the node's cores shared by its `size` ranks, and no more than the cores
+    this process may run on (a rank bound to one core by the launcher gets one thread)."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(usable, (os.cpu_count() or 1) // size))
 
 
 def load_engine(args, comm, model_dir, job: Job):
