@@ -231,7 +231,7 @@ async def _stream(state, g: GenRequest, queue, rid: str, chat: bool):
     try:
         if chat:
             head = P.envelope(kind, rid, state.model_name, created)
-            head["choices"] = [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None,
+            head["choices"] = [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None, "token_ids": [],
                                 "logprobs": None}]
             yield sse(head)
         while True:

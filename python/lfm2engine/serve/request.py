@@ -41,7 +41,8 @@ class TextTracker:
         self.stopped = False
 
     def token_text(self, tid: int) -> str:
-        return self.tok.decode([tid]) if self.tok is not None else f"token_id:{tid}"
+        text = self.tok.token_text(tid) if self.tok is not None else None
+        return f"token_id:{tid}" if text is None else text
 
     def push(self, tid: int | None) -> str:
         """Add a token (None: flush at the end) -> new text to send; sets `stopped` when a stop
