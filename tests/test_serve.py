@@ -211,6 +211,9 @@ def post(server, body, raw=False):
     ({"model": NAME, "prompt": [1, 2], "max_tokens": "5"}, 400, "max_tokens"),
     ({"model": NAME, "prompt": [1, 2], "temperature": -1}, 400, "temperature"),
     ({"model": NAME, "prompt": [1, 2], "n": 2}, 400, "n"),
+    ({"model": NAME, "prompt": [1, 2], "seed": -1}, 400, "seed"),
+    ({"model": NAME, "prompt": [1, 2], "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+    ({"model": NAME, "prompt": [[1, 2], [3]]}, 400, "prompt"),
     ({"model": NAME, "prompt": [5, 97]}, 400, "prompt"),
     ({"model": NAME, "prompt": [5, -1]}, 400, "prompt"),
     ({"model": NAME, "prompt": [1.5, 2]}, 400, None),
@@ -257,17 +260,21 @@ def slow_server(engine, model_dir):
         yield srv
 
 
-def test_client_killed_mid_stream_frees_its_slot(slow_server):
+@pytest.mark.parametrize("stream", [True, False])
+def test_client_killed_mid_request_frees_its_slot(slow_server, stream):
     srv = slow_server
-    body = json.dumps({"model": NAME, "prompt": [5, 6], "max_tokens": 80, "temperature": 0, "stream": True})
+    body = json.dumps({"model": NAME, "prompt": [5, 6], "max_tokens": 80, "temperature": 0, "stream": stream})
     s = socket.create_connection(("127.0.0.1", srv.port))
     s.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
               f"Content-Length: {len(body)}\r\n\r\n{body}".encode())
-    got = b""
-    while got.count(b"data: ") < 3:
-        got += s.recv(4096)
+    if stream:
+        got = b""
+        while got.count(b"data: ") < 3:
+            got += s.recv(4096)
+    else:
+        assert wait_until(lambda: srv.metrics.generation_tokens >= 3)
     assert srv.scheduler.load()["running"] == 1
-    s.close()  # the client dies mid-stream
+    s.close()  # the client dies mid-request
     assert wait_until(lambda: srv.scheduler.load()["running"] == 0), "the slot was not freed"
     text = httpx.get(srv.url + "/metrics").text
     assert metric(text, 'lfm2_requests_total{status="cancelled"}') == 1

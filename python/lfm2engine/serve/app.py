@@ -165,8 +165,14 @@ async def _generate(request: Request, state: ServerState, req, ids: list[int], l
         raise P.APIError(400, str(e)) from None
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
+    def emit(ev):  # called on the engine thread; the loop may be gone when the server shuts down
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, ev)
+        except RuntimeError:
+            pass
+
     g = GenRequest(ids, limit, sampler, frozenset(state.config.eos_ids), TextTracker(state.tokenizer, req.stop_list()),
-                   top_logprobs, emit=lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev))
+                   top_logprobs, emit=emit)
     try:
         sch.submit(g)
     except QueueFull as e:
@@ -181,15 +187,21 @@ async def _generate(request: Request, state: ServerState, req, ids: list[int], l
     return await _collect(request, state, g, queue, rid, chat)
 
 
-async def _next_event(queue: asyncio.Queue, request: Request | None, g: GenRequest, sch):
-    """The next event; cancels the request when the client disconnects (non-streaming)."""
+async def _next_event(queue: asyncio.Queue, request: Request | None, g: GenRequest, sch, poll: float = 0.25):
+    """The next event; with `request` (non-streaming), checks every `poll` seconds whether the
+    client went away and then cancels the request (-> None)."""
+    if request is None:
+        return await queue.get()
     while True:
-        try:
-            return await asyncio.wait_for(queue.get(), timeout=0.5)
-        except asyncio.TimeoutError:
-            if request is not None and await request.is_disconnected():
+        if time.monotonic() - g.checked >= poll:
+            g.checked = time.monotonic()
+            if await request.is_disconnected():
                 sch.cancel(g)
                 return None
+        try:
+            return await asyncio.wait_for(queue.get(), timeout=poll)
+        except asyncio.TimeoutError:
+            pass
 
 
 async def _collect(request, state, g: GenRequest, queue, rid: str, chat: bool):

@@ -91,6 +91,7 @@ class GenRequest:
     finish_reason: str | None = None
     t_arrival: float = field(default_factory=time.perf_counter)
     t_first: float | None = None
+    checked: float = 0.0  # when the HTTP side last checked that the client is still there
 
     @property
     def prefilling(self) -> bool:

@@ -129,6 +129,8 @@ class Scheduler:
                     self.metrics.request_done("cancelled")
             for r in [r for r in self.waiting if r.cancelled]:
                 self.waiting.remove(r)
+                if self.metrics:
+                    self.metrics.request_done("cancelled")
             self.free.sort()
             while self.waiting and self.free:
                 r = self.waiting.popleft()
