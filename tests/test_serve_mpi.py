@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from lfm2engine.engine import Engine
-from serve_util import offline
+from serve_util import add_tokenizer, offline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -61,9 +61,15 @@ def start(cmd, timeout=90):
     return p, url[0], lines
 
 
-def stop(p):
+def stop(p, lines=()):
+    """SIGTERM to the server process (rank 0 under mpirun: it stops uvicorn and then tells the
+    other ranks to leave, so the whole job ends cleanly); SIGKILL to all if it hangs."""
     if p.poll() is None:
-        p.send_signal(signal.SIGTERM)
+        pids = [int(m.group(1)) for ln in lines for m in [re.search(r"listening on \S+ \(pid (\d+)\)", ln)] if m]
+        if pids:
+            os.kill(pids[0], signal.SIGTERM)
+        else:
+            p.send_signal(signal.SIGTERM)
         try:
             p.wait(20)
         except subprocess.TimeoutExpired:
@@ -107,8 +113,8 @@ def test_mpirun_np2_serves_offline_tokens(moe_dir, plan):
         assert got == refs
         assert httpx.get(url + "/health").json()["slots"] == (3 if plan == "tp" else 6)
     finally:
-        stop(p)
-    assert p.returncode is not None
+        stop(p, lines)
+    assert p.returncode == 0, "".join(lines)[-3000:]  # SIGTERM: uvicorn stops, rank 0 tells the others
 
 
 def test_unservable_plan_is_refused(hf_ckpt):
@@ -116,3 +122,17 @@ def test_unservable_plan_is_refused(hf_ckpt):
                         "--port", "0", "-q"], capture_output=True, text=True, env=clean_env(), cwd=ROOT, timeout=120)
     assert r.returncode == 2
     assert "ParallelError" in r.stderr and "has none" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_single_process_cli_serves_and_stops_cleanly(hf_ckpt, tmp_path):
+    d = add_tokenizer(hf_ckpt("moe_a"), str(tmp_path / "tok"), 97)
+    p, url, lines = start([sys.executable, "-m", "lfm2engine.serve", "--model", d, "--port", "0", "--max-batch", "2",
+                           "--max-context", "64", "--served-model-name", "m", "--threads", "1", "-q"])
+    try:
+        r = httpx.post(url + "/v1/chat/completions", timeout=60,
+                       json={"model": "m", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4,
+                             "temperature": 0})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
+    finally:
+        stop(p, lines)
+    assert p.returncode == 0, "".join(lines)[-3000:]

@@ -8,6 +8,8 @@ are generate.py's (`resolve_model`, `load_engine`): --plan dp|ep|tp behaves as t
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 
 from .. import log
@@ -68,6 +70,10 @@ def _main(comm, args) -> int:
     check_slots(args.max_batch, args.max_context, eng)
     ex = StepExecutor(eng, comm, eng.parallel_plan, args.max_batch, args.max_context)
     if rank != 0:
+        # mpirun forwards SIGTERM / SIGINT to every rank: the others wait for rank 0's stop
+        # message (sent once uvicorn has shut down) instead of dying under it mid-step
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         ex.serve_forever()
         return 0
     try:
@@ -78,7 +84,7 @@ def _main(comm, args) -> int:
         ex.close()
         raise InputError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
     print(f"lfm2engine.serve: model '{srv.state.model_name}' ({args.plan} over {comm.Get_size()} rank(s), "
-          f"{ex.num_slots} slots x {ex.capacity} tokens) listening on {srv.url}", flush=True)
+          f"{ex.num_slots} slots x {ex.capacity} tokens) listening on {srv.url} (pid {os.getpid()})", flush=True)
     srv.serve()
     return 0
 

@@ -9,6 +9,7 @@ background thread too (the CLI runs it in the main thread).
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import threading
 
@@ -59,13 +60,20 @@ class Server:
         return self.uvicorn
 
     def serve(self) -> None:
-        """Run the scheduler thread and uvicorn in this thread until SIGINT / SIGTERM; then stop both."""
+        """Run the scheduler thread and uvicorn in this (main) thread until SIGINT / SIGTERM; then
+        stop both and return. uvicorn re-raises the signal that stopped it against the handlers it
+        found; the ones set here only note it, so the scheduler still shuts down (and, under MPI,
+        tells the other ranks to stop) and the process exits normally."""
+        noted = []
+        prev = {sig: signal.signal(sig, lambda s, _f: noted.append(s)) for sig in (signal.SIGINT, signal.SIGTERM)}
         self.scheduler.start()
         try:
             self._uvicorn().run(sockets=[self.sock])
         finally:
             self.scheduler.shutdown()
             self.sock.close()
+            for sig, h in prev.items():
+                signal.signal(sig, h)
 
     def start_in_thread(self) -> "Server":
         """Scheduler and uvicorn in background threads (tests, benchmarks); stop() ends them."""
