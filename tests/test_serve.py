@@ -319,3 +319,42 @@ def test_bounded_load(server, engine):
     assert [s for s, _ in res] == [200] * len(ps)
     assert all(toks == refs[i] for i, (_, toks) in enumerate(res))
     assert wait_until(lambda: server.scheduler.load()["running"] == 0)
+
+
+def test_session_release_empties_one_slot(engine):
+    """A released slot starts a new sequence from scratch (no conv state or length left over),
+    and the other slots keep theirs: the same bits as fresh sessions."""
+    from lfm2engine.errors import InputError
+
+    a, b = [10, 11, 12, 13, 14], [40, 41, 42]
+    for rollback in (0, 3):
+        s = engine.session(2, 32, rollback=rollback)
+        s.forward([0, 1], [a, [7, 8, 9]])
+        s.release(1)
+        assert s.lengths[1] == 0 and s.lengths[0] == len(a)
+        got = s.forward([1, 0], [b, [15]])
+        ref_b = engine.session(1, 32).forward([0], [b])[0]
+        ref_a = engine.session(1, 32).forward([0], [a + [15]])[0]
+        np.testing.assert_array_equal(got[0], ref_b)
+        np.testing.assert_array_equal(got[1], ref_a)
+    with pytest.raises(InputError):
+        s.release(2)
+
+
+def test_chat_template_is_sandboxed_and_reads_named_templates(tmp_path):
+    from lfm2engine.errors import InputError
+    from lfm2engine.serve.chat import ChatTemplate
+
+    t = ChatTemplate("{{ ''.__class__.__mro__[1].__subclasses__() }}")
+    with pytest.raises(InputError, match="rejected"):
+        t.render([{"role": "user", "content": "x"}])
+    t = ChatTemplate("{% if messages[0]['role'] != 'user' %}{{ raise_exception('user first') }}{% endif %}"
+                     "{{ messages | tojson }}")
+    with pytest.raises(InputError, match="user first"):
+        t.render([{"role": "system", "content": "x"}])
+    assert t.render([{"role": "user", "content": "é"}]) == '[{"role": "user", "content": "é"}]'
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(
+        {"bos_token": {"content": "<s>"}, "chat_template": [{"name": "tool_use", "template": "T"},
+                                                            {"name": "default", "template": "{{ bos_token }}D"}]}))
+    assert ChatTemplate.from_model_dir(str(tmp_path)).render([]) == "<s>D"
+    assert ChatTemplate.from_model_dir(str(tmp_path / "nowhere")) is None

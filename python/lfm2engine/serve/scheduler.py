@@ -54,8 +54,9 @@ class Scheduler:
         with self.cond:
             if self.stopping or self.error:
                 raise ShuttingDown(self.error or "the server is shutting down")
-            if len(self.waiting) >= self.max_queue:
-                raise QueueFull(f"{len(self.waiting)} requests are waiting (limit {self.max_queue}); retry later")
+            queued = len(self.waiting) - len(self.free)  # beyond the slots that will take them at the next step
+            if queued >= self.max_queue:
+                raise QueueFull(f"{queued} requests are waiting for a slot (limit {self.max_queue}); retry later")
             self.waiting.append(req)
             self.cond.notify()
 
