@@ -21,7 +21,7 @@ from lfm2engine.parallel.plan import ParallelPlan
 from lfm2engine.serve.server import Server
 from serve_util import SlowSteps, add_tokenizer, offline
 
-openai = pytest.importorskip("openai")
+import openai  # noqa: E402 - the test extra has it
 
 NAME = "tiny"
 CTX = 96
@@ -175,6 +175,8 @@ def test_text_tracker_holds_back_stop_prefixes_and_partial_characters():
     t = TextTracker(FakeTok(), ["cx"])
     assert [t.push(i) for i in (2, 3)] == ["", "cd"]  # "c" held back until "cd" rules the stop string out
     assert t.push(9) == "" and t.push(None) == "\ufffd"  # a partial character waits, the end flushes it
+    t = TextTracker(FakeTok(), ["ef", "bcd"])  # the longest possible stop prefix is held back
+    assert [t.push(i) for i in (0, 1, 2, 4)] == ["a", "", "", "bc"]  # "e" may start "ef"
     t = TextTracker(None, [])
     assert t.push(17) == " 17" and t.token_text(17) == "token_id:17"
 

@@ -122,6 +122,10 @@ def test_unservable_plan_is_refused(hf_ckpt):
                         "--port", "0", "-q"], capture_output=True, text=True, env=clean_env(), cwd=ROOT, timeout=120)
     assert r.returncode == 2
     assert "ParallelError" in r.stderr and "has none" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "lfm2engine.serve", "--model", hf_ckpt("dense"), "--max-context",
+                        "100000", "-q"], capture_output=True, text=True, env=clean_env(), cwd=ROOT, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
+    assert "--max-context must be in [2, 256]" in r.stderr
 
 
 def test_single_process_cli_serves_and_stops_cleanly(hf_ckpt, tmp_path):

@@ -8,6 +8,7 @@ are generate.py's (`resolve_model`, `load_engine`): --plan dp|ep|tp behaves as t
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import signal
 import sys
@@ -55,11 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _main(comm, args) -> int:
     from ..errors import InputError
-    from .server import Server
     from .steps import StepExecutor, check_slots
 
     rank = comm.Get_rank()
     log.configure(rank, comm.Get_size(), 0 if args.quiet else 1)
+    missing = [m for m in ("fastapi", "uvicorn", "jinja2") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise InputError(f"serving needs {', '.join(missing)}: pip install 'lfm2engine[serve]'")
     for name in ("step_tokens", "max_queue", "max_body_bytes"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be >= 1, found {getattr(args, name)}")
@@ -76,6 +79,8 @@ def _main(comm, args) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         ex.serve_forever()
         return 0
+    from .server import Server
+
     try:
         srv = Server(eng, model_dir, ex, max_context=args.max_context, step_tokens=args.step_tokens,
                      max_queue=args.max_queue, model_name=args.served_model_name, host=args.host, port=args.port,
