@@ -208,6 +208,9 @@ def post(server, body, raw=False):
 @pytest.mark.parametrize("body,status,param", [
     (b"{not json", 400, None),
     (b"[1, 2]", 400, None),
+    (b'{"model": "tiny", "prompt": [1, 2], "temperature": NaN}', 400, "temperature"),
+    (b'{"model": "tiny", "prompt": [1, 2], "top_p": Infinity}', 400, "top_p"),
+    ({"model": NAME, "prompt": [10 ** 30]}, 400, "prompt"),
     ({"model": NAME, "prompt": [1, 2], "frobnicate": 1}, 400, "frobnicate"),
     ({"model": NAME, "prompt": [1, 2], "max_tokens": -3}, 400, "max_tokens"),
     ({"model": NAME, "prompt": [1, 2], "max_tokens": "5"}, 400, "max_tokens"),

@@ -182,9 +182,29 @@ async def _generate(request: Request, state: ServerState, req, ids: list[int], l
     state.metrics.prompt(len(ids))
     rid = ("chatcmpl-" if chat else "cmpl-") + g.rid
     if req.stream:
-        return StreamingResponse(_stream(state, g, queue, rid, chat), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
+        return _EventStream(_stream(state, g, queue, rid, chat), lambda: _abandon(state, g))
     return await _collect(request, state, g, queue, rid, chat)
+
+
+class _EventStream(StreamingResponse):
+    """Server-sent events; `on_close` runs however the response ends (also when the client went
+    away before the first chunk, when the body generator never started)."""
+
+    def __init__(self, body, on_close):
+        super().__init__(body, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        self.on_close = on_close
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_close()
+
+
+def _abandon(state: ServerState, g: GenRequest) -> None:
+    """The response is over: a request still running has lost its client; free its slot."""
+    if g.finish_reason is None:
+        state.scheduler.cancel(g)
 
 
 async def _next_event(queue: asyncio.Queue, request: Request | None, g: GenRequest, sch, poll: float = 0.25):
@@ -274,5 +294,4 @@ async def _stream(state, g: GenRequest, queue, rid: str, chat: bool):
                 break
         yield "data: [DONE]\n\n"
     finally:
-        if g.finish_reason is None:
-            state.scheduler.cancel(g)
+        _abandon(state, g)
