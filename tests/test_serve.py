@@ -363,3 +363,20 @@ def test_chat_template_is_sandboxed_and_reads_named_templates(tmp_path):
                                                             {"name": "default", "template": "{{ bos_token }}D"}]}))
     assert ChatTemplate.from_model_dir(str(tmp_path)).render([]) == "<s>D"
     assert ChatTemplate.from_model_dir(str(tmp_path / "nowhere")) is None
+
+
+def test_engine_failure_answers_503_and_health_says_so(engine, model_dir):
+    from lfm2engine.errors import BackendError
+    from lfm2engine.serve.steps import StepExecutor
+
+    class Broken(StepExecutor):
+        def step(self, seqs, tokens, released=()):
+            raise BackendError("the device went away")
+
+    with Server(engine, model_dir, Broken(engine, SelfComm(), ParallelPlan("dp", 1, 0), 2, CTX), model_name=NAME) as srv:
+        r = httpx.post(srv.url + "/v1/completions", json={"model": NAME, "prompt": [3, 4], "max_tokens": 2}, timeout=30)
+        assert r.status_code == 503 and "the device went away" in r.json()["error"]["message"]
+        h = httpx.get(srv.url + "/health")
+        assert h.status_code == 503 and h.json()["error"]["type"] == "server_error"
+        r = httpx.post(srv.url + "/v1/completions", json={"model": NAME, "prompt": [3, 4], "max_tokens": 2}, timeout=30)
+        assert r.status_code == 503

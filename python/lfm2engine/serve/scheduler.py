@@ -106,6 +106,7 @@ class Scheduler:
                 self.waiting.clear()
             for r in pending:
                 r.emit(Event([], "", [], "error", error=self.error))
+            self.ex.abort(self.error)  # under MPI the ranks are out of step now: end the job
             if kind == "bug":
                 raise
         finally:

@@ -19,6 +19,7 @@ kernels are row-batch invariant and the plans are split-invariant).
 
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
@@ -74,6 +75,13 @@ class StepExecutor:
         if not self.closed:
             self.closed = True
             self._send(_STOP)
+
+    def abort(self, message: str) -> None:
+        """A step failed on rank 0: under MPI the other ranks may wait in a collective of that
+        step forever, so the whole job ends (as run_guarded does for any rank's error)."""
+        if self.size > 1:
+            print(f"[rank 0/{self.size}] {message}", file=sys.stderr, flush=True)
+            self.comm.Abort(1)
 
     def _send(self, msg) -> None:
         if self.size > 1:
