@@ -380,3 +380,44 @@ def test_engine_failure_answers_503_and_health_says_so(engine, model_dir):
         assert h.status_code == 503 and h.json()["error"]["type"] == "server_error"
         r = httpx.post(srv.url + "/v1/completions", json={"model": NAME, "prompt": [3, 4], "max_tokens": 2}, timeout=30)
         assert r.status_code == 503
+
+
+def test_scheduler_chunks_a_long_prompt_beside_running_decodes(engine):
+    """With a step budget of 8 tokens, a 50-token prompt arriving while another request decodes
+    is fed in chunks of at most 7, and the running request gets a token in every one of those
+    steps; both answers equal Engine.generate of each prompt alone."""
+    from lfm2engine.sampling import Sampler
+    from lfm2engine.serve.request import GenRequest, TextTracker
+    from lfm2engine.serve.scheduler import Scheduler
+    from lfm2engine.serve.steps import StepExecutor
+
+    steps = []
+
+    class Recording(StepExecutor):
+        def step(self, seqs, tokens, released=()):
+            steps.append({int(s): len(t) for s, t in zip(seqs, tokens)})
+            return super().step(seqs, tokens, released)
+
+    sch = Scheduler(Recording(engine, SelfComm(), ParallelPlan("dp", 1, 0), 2, CTX), step_tokens=8, min_chunk=4)
+    out = {"a": [], "b": []}
+
+    def request(name, prompt, n):
+        return GenRequest(prompt, n, Sampler(0.0, 0, 1.0, 0, [0]), frozenset(), TextTracker(None, []),
+                          emit=lambda ev: out[name].extend(ev.token_ids))
+
+    a = request("a", [5, 6], 30)
+    sch.submit(a)
+    sch.step()
+    sch.step()
+    b = request("b", list(range(3, 53)), 3)
+    sch.submit(b)
+    first = len(steps)
+    while b.prefilling:
+        sch.step()
+    during = steps[first:]
+    assert len(during) == 8  # ceil(50 / 7)
+    assert all(st[a.slot] == 1 and 1 <= st[b.slot] <= 7 for st in during)
+    while a.finish_reason is None or b.finish_reason is None:
+        sch.step()
+    assert out["a"] == engine.generate([[5, 6]], 30)[0]
+    assert out["b"] == engine.generate([list(range(3, 53))], 3)[0]
