@@ -17,7 +17,6 @@ import time
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -56,10 +55,6 @@ def create_app(state: ServerState) -> FastAPI:
     async def http_error(_request, e: StarletteHTTPException):
         kind = "not_found_error" if e.status_code == 404 else "invalid_request_error"
         return _error(P.APIError(e.status_code, str(e.detail), kind))
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(_request, e: RequestValidationError):
-        return _error(P.APIError(400, str(e)))
 
     @app.exception_handler(Exception)
     async def internal_error(_request, e: Exception):
