@@ -2,7 +2,7 @@
 
 Reads analysis/out/bench_serve.json (benchmarks/bench_serve.py), draws
 analysis/figures/serving_throughput.png (throughput and speed-up over one-by-one serving, with the
-engine-alone batching gain as the ceiling) and analysis/figures/serving_latency.png (TTFT and
+engine-alone batching gains for comparison) and analysis/figures/serving_latency.png (TTFT and
 inter-token latency, p50 and p99), and prints the Markdown table of analysis/serving.md.
 
     python analysis/serving_figures.py [--json analysis/out/bench_serve.json]
@@ -19,16 +19,22 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def table(res) -> str:
     ceil = {r["batch"]: r for r in res.get("engine_decode_steps", [])}
-    lines = ["| clients | requests | tokens | seconds | tokens/s | speed-up vs one by one | engine-alone gain at "
-             "that batch | TTFT p50 / p99 (ms) | ITL p50 / p99 (ms) |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    off = {r["batch"]: r for r in res.get("engine_offline_batches", [])}
+    lines = ["| clients | seconds | tokens/s | speed-up (wall) | server CPU ms/token | speed-up (CPU) | TTFT p50 / p99 "
+             "(ms) | ITL p50 / p99 (ms) |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in res["levels"]:
-        c = ceil.get(r["clients"])
-        gain = f"{c['ceiling_speedup']:.1f}x" if c and c.get("ceiling_speedup") else "-"
-        lines.append(f"| {r['clients']} | {r['requests']} | {r['tokens']} | {r['seconds']:.1f} | "
-                     f"{r['tokens_per_s']:.0f} | {r['speedup_vs_one_by_one']:.1f}x | {gain} | "
+        cpu = (f"{r['server_cpu_ms_per_token']:.2f} | {r['cpu_speedup_vs_one_by_one']:.1f}x"
+               if r.get("server_cpu_ms_per_token") else "- | -")
+        lines.append(f"| {r['clients']} | {r['seconds']:.1f} | {r['tokens_per_s']:.0f} | "
+                     f"{r['speedup_vs_one_by_one']:.1f}x | {cpu} | "
                      f"{r['ttft_p50_s'] * 1e3:.0f} / {r['ttft_p99_s'] * 1e3:.0f} | "
                      f"{r['itl_p50_s'] * 1e3:.0f} / {r['itl_p99_s'] * 1e3:.0f} |")
+    if off:
+        lines += ["", "| prompts per Engine.generate call | seconds | tokens/s | speed-up (wall) | CPU ms/token | "
+                  "speed-up (CPU) |", "|---:|---:|---:|---:|---:|---:|"]
+        for b, o in sorted(off.items()):
+            lines.append(f"| {b} | {o['seconds']:.1f} | {o['tokens_per_s']:.0f} | {o['speedup_vs_one_by_one']:.1f}x | "
+                         f"{o['cpu_ms_per_token']:.2f} | {o['cpu_speedup_vs_one_by_one']:.1f}x |")
     if ceil:
         lines += ["", "| batch | engine decode step (ms) | engine tokens/s | batching gain |", "|---:|---:|---:|---:|"]
         for b, c in sorted(ceil.items()):
@@ -55,11 +61,17 @@ def plot(res, fig_dir) -> list[str]:
     a1.set_ylabel("generated tokens / s")
     a1.set_title("Throughput")
     a1.legend()
-    a2.plot(cl, [r["speedup_vs_one_by_one"] for r in lv], "o-", label="served speed-up")
+    a2.plot(cl, [r["speedup_vs_one_by_one"] for r in lv], "o-", label="served, by wall time")
+    if all(r.get("cpu_speedup_vs_one_by_one") for r in lv):
+        a2.plot(cl, [r["cpu_speedup_vs_one_by_one"] for r in lv], "o:", label="served, by server CPU time")
     ceil = res.get("engine_decode_steps", [])
     if ceil:
         a2.plot([c["batch"] for c in ceil], [c["ceiling_speedup"] for c in ceil], "s--",
                 label="engine alone: b x step(1) / step(b)")
+    off = res.get("engine_offline_batches", [])
+    if off:
+        a2.plot([o["batch"] for o in off], [o["speedup_vs_one_by_one"] for o in off], "^-.",
+                label="engine alone: the same requests, c per generate call (wall)")
     a2.axhline(4, color="red", ls=":", label="target at 16 clients (4x)")
     a2.set_xscale("log", base=2)
     a2.set_xlabel("concurrent clients (= batch)")

@@ -5,13 +5,19 @@ The server runs the built-in default model (or --model) in a subprocess; the cli
 httpx, in this process) each send their next request as soon as the previous one ended. Every
 level serves the same --requests requests (token-id prompts of 16..64 random ids, --max-tokens
 greedy tokens each); concurrency 1 is those requests run one by one, and every level's speed-up
-is its throughput (generated tokens / wall seconds) over that one-by-one run's. The server runs
-on --threads 1 by default: on a shared 2-core machine two OpenMP threads wait on each other
-whenever another job takes a core (see analysis/serving.md). TTFT: from sending a request to its first token chunk; ITL: between
-successive token chunks of a request. Writes analysis/out/bench_serve.json atomically;
+is its throughput (generated tokens / wall seconds) over that one-by-one run's; the server's CPU
+seconds per generated token are recorded too (a shared machine stretches wall time, not CPU
+time). TTFT: from sending a request to its first token chunk; ITL: between successive token
+chunks of a request.
+
+For comparison, without the server and in the same run: one decode step of b sequences
+(b x step(1) / step(b) bounds what batching b requests can gain), and the same requests through
+Engine.generate c at a time (static batches). The server runs on --threads 1 by default: on a
+shared 2-core machine two OpenMP threads wait on each other whenever another job takes a core
+(see analysis/serving.md). Writes analysis/out/bench_serve.json atomically;
 analysis/serving_figures.py plots it; analysis/serving.md discusses it. Asserts nothing on time.
 
-    python benchmarks/bench_serve.py                      # ~2 min on 2 busy cores
+    python benchmarks/bench_serve.py                      # ~2.5 min on 2 busy cores
     python benchmarks/bench_serve.py --levels 1,16 --max-tokens 16
 """
 
@@ -68,6 +74,17 @@ def start_server(args) -> tuple[subprocess.Popen, str]:
         p.kill()
         raise SystemExit("bench_serve: the server did not start")
     return p, url[0]
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far (Linux /proc; None elsewhere). On a shared
+    machine wall time depends on what else runs; CPU time per token much less so."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def workload(n: int, vocab: int, seed: int):
@@ -146,6 +163,30 @@ def engine_ceiling(args, sizes, prompt_len: int = 40, repeat: int = 15) -> list[
     return out
 
 
+def engine_offline(args, prompts, levels) -> list[dict]:
+    """The same requests through Engine.generate without the server, c prompts per call (static
+    batches: prefill together, decode together), for each level c: what the engine gives this
+    workload when nothing arrives at different times and no HTTP runs."""
+    from lfm2engine.engine import Engine
+    from lfm2engine.synthetic import default_model_dir
+
+    eng = Engine.from_pretrained(args.model or default_model_dir("default"), num_threads=args.threads or None)
+    eng.generate([prompts[0]], 2)  # first-call set-up
+    out = []
+    for c in levels:
+        t0, p0 = time.perf_counter(), time.process_time()
+        toks = sum(len(t) for i in range(0, len(prompts), c)
+                   for t in eng.generate(prompts[i : i + c], args.max_tokens, stop_at_eos=True))
+        wall, cpu = time.perf_counter() - t0, time.process_time() - p0
+        out.append({"batch": c, "tokens": toks, "seconds": wall, "tokens_per_s": toks / wall, "cpu_s": cpu,
+                    "cpu_ms_per_token": cpu / toks * 1e3})
+    b = next(r for r in out if r["batch"] == 1)
+    for r in out:
+        r["speedup_vs_one_by_one"] = r["tokens_per_s"] / b["tokens_per_s"]
+        r["cpu_speedup_vs_one_by_one"] = b["cpu_ms_per_token"] / r["cpu_ms_per_token"]
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", help="checkpoint directory (default: the built-in synthetic model)")
@@ -173,7 +214,11 @@ def main(argv=None) -> int:
         rows = []
         prompts = workload(args.requests, cfg_vocab, args.seed)
         for c in levels:
+            c0, m0 = cpu_seconds(proc.pid), time.process_time()
             res = asyncio.run(run_level(url, model, prompts, c, args.max_tokens))
+            c1 = cpu_seconds(proc.pid)
+            res["server_cpu_s"] = None if c0 is None or c1 is None else c1 - c0
+            res["client_cpu_s"] = time.process_time() - m0
             rows.append(res)
             log(f"{c:3d} clients: {res['requests']} requests, {res['tokens']} tokens in {res['seconds']:.1f} s = "
                 f"{res['tokens_per_s']:.1f} tok/s; TTFT p50 {res['ttft_p50_s'] * 1e3:.0f} ms p99 "
@@ -191,9 +236,19 @@ def main(argv=None) -> int:
     for r in ceiling:
         log(f"  batch {r['batch']:3d}: {r['step_s'] * 1e3:.1f} ms/step, {r['tokens_per_s']:.0f} tok/s, "
             f"batching gain {r['ceiling_speedup']:.1f}x")
+    log("engine alone: the same requests through Engine.generate, c at a time")
+    offline = engine_offline(args, prompts, levels)
+    for r in offline:
+        log(f"  {r['batch']:3d} per call: {r['tokens']} tokens in {r['seconds']:.1f} s = {r['tokens_per_s']:.0f} tok/s, "
+            f"{r['speedup_vs_one_by_one']:.1f}x; CPU {r['cpu_ms_per_token']:.2f} ms/token "
+            f"({r['cpu_speedup_vs_one_by_one']:.1f}x)")
     base = next(r for r in rows if r["clients"] == 1)["tokens_per_s"]
+    one = next(r for r in rows if r["clients"] == 1)
     for r in rows:
         r["speedup_vs_one_by_one"] = r["tokens_per_s"] / base
+        if r["server_cpu_s"] and one["server_cpu_s"]:
+            r["server_cpu_ms_per_token"] = r["server_cpu_s"] / r["tokens"] * 1e3
+            r["cpu_speedup_vs_one_by_one"] = (one["server_cpu_s"] / one["tokens"]) / (r["server_cpu_s"] / r["tokens"])
     out = {"benchmark": "bench_serve", "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
            "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
                        "load_average": os.getloadavg()},
@@ -201,13 +256,16 @@ def main(argv=None) -> int:
            "prompt_tokens": sum(len(p) for p in prompts), "prompt_lengths": "16..64 random ids",
            "server": {"max_batch": args.max_batch, "max_context": args.max_context, "step_tokens": args.step_tokens,
                       "threads": args.threads},
-           "levels": rows, "engine_decode_steps": ceiling,
+           "levels": rows, "engine_decode_steps": ceiling, "engine_offline_batches": offline,
            "steps": int(float(re.search(r"^lfm2_engine_steps_total (\S+)$", metrics, re.M).group(1)))}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with atomic_writer(args.out, "w") as f:
         json.dump(out, f, indent=1)
     log("speed-up at each level vs one by one: " +
         ", ".join(f"{r['clients']}: {r['speedup_vs_one_by_one']:.1f}x" for r in rows) + f" -> {args.out}")
+    if all(r.get("cpu_speedup_vs_one_by_one") for r in rows):
+        log("by server CPU time per token: " + ", ".join(
+            f"{r['clients']}: {r['server_cpu_ms_per_token']:.2f} ms ({r['cpu_speedup_vs_one_by_one']:.1f}x)" for r in rows))
     return 0
 
 
