@@ -269,13 +269,15 @@ def slow_server(engine, model_dir):
 def test_client_killed_mid_request_frees_its_slot(slow_server, stream):
     srv = slow_server
     body = json.dumps({"model": NAME, "prompt": [5, 6], "max_tokens": 80, "temperature": 0, "stream": stream})
-    s = socket.create_connection(("127.0.0.1", srv.port))
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
     s.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
               f"Content-Length: {len(body)}\r\n\r\n{body}".encode())
     if stream:
         got = b""
         while got.count(b"data: ") < 3:
-            got += s.recv(4096)
+            chunk = s.recv(4096)
+            assert chunk, got  # the server must not close the stream early
+            got += chunk
     else:
         assert wait_until(lambda: srv.metrics.generation_tokens >= 3)
     assert srv.scheduler.load()["running"] == 1
@@ -291,7 +293,7 @@ def test_client_killed_mid_request_frees_its_slot(slow_server, stream):
 
 def test_queue_limit_answers_429(slow_server):
     srv = slow_server
-    body = {"model": NAME, "prompt": [9, 9], "max_tokens": 40, "temperature": 0}
+    body = {"model": NAME, "prompt": [9, 9], "max_tokens": 60, "temperature": 0}  # ~2 s: the 6 arrive meanwhile
     with cf.ThreadPoolExecutor(6) as pool:
         futs = [pool.submit(httpx.post, srv.url + "/v1/completions", json=body, timeout=60) for _ in range(6)]
         rs = [f.result() for f in futs]
