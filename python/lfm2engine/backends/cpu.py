@@ -7,8 +7,6 @@ Arrays are NumPy arrays on both, so uploads and downloads cost nothing and the M
 
 from __future__ import annotations
 
-import numpy as np
-
 from ..errors import BackendError
 from . import Backend
 
