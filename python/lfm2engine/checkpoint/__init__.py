@@ -7,7 +7,7 @@ save_pretrained), editing (write_pruned_checkpoint). Every name is importable fr
 `lfm2engine.checkpoint`.
 """
 
-from .dtypes import DTYPE_TAGS, TAG_NAMES, as_f32, bf16_to_f32, encode, f32_to_bf16
+from .dtypes import DTYPE_TAGS, TAG_NAMES, all_finite, as_f32, bf16_to_f32, encode, f32_to_bf16
 from .editing import write_pruned_checkpoint
 from .header import TensorRef, read_header
 from .manifest import INDEX_NAME, SINGLE_NAME, expected_tensors, manifest_size
@@ -15,7 +15,7 @@ from .reading import Checkpoint, scan, validate
 from .writing import atomic_writer, save_file, save_pretrained, write_safetensors
 
 __all__ = [
-    "Checkpoint", "DTYPE_TAGS", "INDEX_NAME", "SINGLE_NAME", "TAG_NAMES", "TensorRef", "as_f32", "atomic_writer",
+    "Checkpoint", "DTYPE_TAGS", "INDEX_NAME", "SINGLE_NAME", "TAG_NAMES", "TensorRef", "all_finite", "as_f32", "atomic_writer",
     "bf16_to_f32", "encode", "expected_tensors", "f32_to_bf16", "manifest_size", "read_header", "save_file",
     "save_pretrained", "scan", "validate", "write_pruned_checkpoint", "write_safetensors",
 ]
