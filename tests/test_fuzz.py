@@ -14,7 +14,7 @@ import struct
 
 import numpy as np
 import pytest
-from helpers import assert_close
+from helpers import assert_close, import_core
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -25,6 +25,8 @@ from lfm2engine.config import LFM2Config, read_config_json
 from lfm2engine.errors import CheckpointError, ConfigError, InputError, LFM2Error
 from lfm2engine.synthetic import make_tensor, preset_config
 from lfm2engine.workload import read_inputs, read_logits, validate
+
+_core = import_core()
 
 FUZZ = settings(max_examples=200, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
@@ -302,7 +304,6 @@ def test_fuzz_validation_never_passes_non_finite(out, ans):
 
 
 # ------------------------------------------------------------------ bindings
-_core = pytest.importorskip("lfm2engine._core")  # noqa: E402  (test_core_is_built makes a missing build fail)
 DTYPES = ("float32", "float16", "uint16", "int32", "float64", "int64", "uint8")
 WEIGHT = ("float32", "uint16", "float16")
 
