@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import assert_close, weight_as_f64
+from helpers import assert_close, cuda_missing, import_core, weight_as_f64
 from lfm2engine import reference as ref
 from lfm2engine.backends import cases, numpy_ops
 from lfm2engine.backends.cases import SHAPES, WDTYPES
 
-_core = pytest.importorskip("lfm2engine._core")
-
-_NO_GPU = (not _core.has_cuda() and "lfm2engine was built without CUDA (no nvcc at build time)") or (
-    _core.cuda.device_count() == 0 and "no CUDA GPU is visible (_core.cuda.device_count() == 0)")
+_core = import_core()
+_NO_GPU = cuda_missing(_core)  # skips only where no GPU is visible
 
 
 def f16_round(x):

@@ -15,12 +15,12 @@ import os
 
 import numpy as np
 import pytest
-from helpers import as_weight, assert_close, bf16_bits, bf16_to_f32, weight_as_f64
+from helpers import as_weight, assert_close, bf16_bits, bf16_to_f32, import_core, weight_as_f64
 from lfm2engine import reference as ref
 from lfm2engine.backends import cases
 from lfm2engine.backends.cases import SHAPES, WDTYPES, i32, rand
 
-_core = pytest.importorskip("lfm2engine._core")
+_core = import_core()
 cpu = _core.cpu
 
 ALL_LEVELS = ("avx512", "avx2", "scalar")
@@ -91,7 +91,7 @@ def test_cuda_submodule_without_gpu_is_safe():
         if n > 0:
             assert _core.cuda.selftest(0, 1000) == 0.0
         else:
-            with pytest.raises(IndexError):
+            with pytest.raises(IndexError, match="device 0 does not exist"):
                 _core.cuda.device_info(0)
     else:
         with pytest.raises(RuntimeError, match="built without CUDA"):

@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import as_weight, assert_close
+from helpers import as_weight, assert_close, cuda_missing, import_core
 from lfm2engine.backends import cases
 from lfm2engine.backends.cases import WDTYPES, i32, rand
 
-_core = pytest.importorskip("lfm2engine._core")
-
-_NO_GPU = (not _core.has_cuda() and "lfm2engine was built without CUDA (no nvcc at build time)") or (
-    _core.cuda.device_count() == 0 and "no CUDA GPU is visible (_core.cuda.device_count() == 0)")
+_core = import_core()
+_NO_GPU = cuda_missing(_core)  # skips only where no GPU is visible
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(bool(_NO_GPU), reason=str(_NO_GPU))]
 
 cpu, cuda = _core.cpu, _core.cuda
@@ -100,7 +98,7 @@ def test_tensor_errors(rng):
         t.copy_(np.zeros((4, 3), np.float32))
     with pytest.raises(ValueError, match="cannot view"):
         t.reshape(5, 2)
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match="index 3 is out of range for dimension 0 of size 3"):
         t[3]
     with pytest.raises(ValueError, match="step"):
         t[::2]
