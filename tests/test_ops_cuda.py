@@ -282,6 +282,20 @@ def test_rope_matches_cpu(theta, t, h, dh, rng):
     assert np.array_equal(got[0], x[0]), "position 0 is the identity"
 
 
+@pytest.mark.parametrize("t,h,hkv,dh", [(1, 1, 1, 2), (5, 6, 2, 8), (7, 5, 5, 6), (0, 2, 1, 4), (13, H, HKV, DH),
+                                         (300, H, HKV, DH)])
+def test_qkv_split_exact(t, h, hkv, dh, rng):
+    qkv = rand(rng, t, (h + 2 * hkv) * dh)
+    want = np.empty((t, h, dh), np.float32), np.empty((t, hkv, dh), np.float32), np.empty((t, hkv, dh), np.float32)
+    cpu.qkv_split(*want, qkv)
+    got = tuple(dev(np.full_like(w, np.nan)) for w in want)
+    cuda.qkv_split(*got, dev(qkv))
+    for name, g, w in zip("qkv", got, want):
+        assert np.array_equal(host(g), w), f"cuda qkv_split {name} T={t} H={h} Hkv={hkv} Dh={dh}"
+    with pytest.raises(ValueError, match="argument 'qkv' has shape"):
+        cuda.qkv_split(*got, dev(rand(rng, t, (h + 2 * hkv) * dh + 1)))
+
+
 @pytest.mark.parametrize("t,f", [(1, 1), (3, 7), (17, 33), (2, F), (5, FE)])
 def test_swiglu_matches_cpu(t, f, rng):
     gu = rand(rng, t, 2 * f, scale=4.0)
