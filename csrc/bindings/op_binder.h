@@ -48,27 +48,23 @@ struct Param {  // scalars
     static A pass(A a) { return a; }
 };
 
-template <>
-struct Param<TensorView> {
+template <class V>
+struct ViewParam {  // a tensor: Conv::out for outputs (writable), Conv::in for inputs
     using Py = py::object;
-    using Held = TensorView;
+    using Held = V;
     template <class Conv>
     static Held hold(const py::object& o, const char* op, const char* name) {
-        return Conv::out(o, op, name);
+        if constexpr (std::is_same_v<V, TensorView>)
+            return Conv::out(o, op, name);
+        else
+            return Conv::in(o, op, name);
     }
-    static TensorView pass(const Held& h) { return h; }
+    static V pass(const Held& h) { return h; }
 };
-
 template <>
-struct Param<ConstTensorView> {
-    using Py = py::object;
-    using Held = ConstTensorView;
-    template <class Conv>
-    static Held hold(const py::object& o, const char* op, const char* name) {
-        return Conv::in(o, op, name);
-    }
-    static ConstTensorView pass(const Held& h) { return h; }
-};
+struct Param<TensorView> : ViewParam<TensorView> {};
+template <>
+struct Param<ConstTensorView> : ViewParam<ConstTensorView> {};
 
 template <class V>
 struct Param<const V*> {  // optional: None -> nullptr

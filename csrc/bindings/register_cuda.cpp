@@ -34,21 +34,8 @@ namespace {
 
 #ifdef LFM2_WITH_CUDA
 
-const char* dtype_str(DType d) {
-    switch (d) {
-        case DType::F32:
-            return "float32";
-        case DType::F16:
-            return "float16";
-        case DType::BF16:
-            return "bfloat16";
-        case DType::I32:
-            return "int32";
-        case DType::U8:
-            return "uint8";
-    }
-    return "?";
-}
+// Tensor.dtype names: dtype.h's, with plain "bfloat16".
+const char* dtype_str(DType d) { return d == DType::BF16 ? "bfloat16" : dtype_name(d); }
 
 // "float32" | "float16" | "bfloat16" | "int32" | "uint8", or anything numpy.dtype() accepts
 // (uint16 means bf16 bits, bool means uint8, as everywhere in _core).

@@ -1,5 +1,5 @@
 // The fused single-rank layer loop (see model.h). Must stay bit-identical to
-// python/lfm2engine/model.py::Engine.forward_tokens on its non-tree, local-MoE path: the same ops
+// python/lfm2engine/engine.py::Engine.layer_loop on its non-tree, local-MoE path: the same ops
 // (ops.h) on the same values in the same order, the residual adds as plain fp32 adds (numpy's
 // `x += y`). tests/test_model_fused.py compares the two paths bit for bit.
 // Scratch buffers persist across calls (they only grow), so a decode step allocates nothing.
