@@ -133,6 +133,15 @@ def test_swiglu(backend, t, f, rng):
     assert_close(got, ref.swiglu(g64[:, :f], g64[:, f:]), k=1, factor=8.0, name=f"{backend} swiglu")
 
 
+@pytest.mark.parametrize("t,h,hkv,dh", SHAPES["qkv_split"])
+def test_qkv_split(backend, t, h, hkv, dh, rng):
+    call = cases.qkv_split(rng, t, h, hkv, dh)
+    qkv = call.args[3]
+    want = np.split(qkv, [h * dh, (h + hkv) * dh], axis=1)  # [T, (H + 2 Hkv) Dh] -> q | k | v
+    for name, g, w in zip("qkv", backend.run(call), want):
+        assert np.array_equal(g, w.reshape(g.shape)), f"{backend} qkv_split {name} T={t} H={h} Hkv={hkv} Dh={dh}"
+
+
 # ----------------------------------------------------------------------------- kv cache + attention
 
 

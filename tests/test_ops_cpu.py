@@ -127,6 +127,55 @@ def test_stub_lists_every_binding():
     assert sub["cuda"] == public(_core.cuda)
 
 
+# Ops of one backend's table without a twin in the other: name -> why. Empty: every op has both.
+CPU_ONLY_OPS: dict[str, str] = {}
+CUDA_ONLY_OPS: dict[str, str] = {}
+
+
+def _stub_signatures():
+    """{"cpu" | "cuda": {op: [(argument name, has a default)]}} from python/lfm2engine/_core.pyi."""
+    import lfm2engine
+
+    path = os.path.join(os.path.dirname(lfm2engine.__file__), "_core.pyi")
+    with open(path) as f:
+        tree = ast.parse(f.read())
+    out = {}
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name in ("cpu", "cuda"):
+            out[node.name] = {}
+            for fn in node.body:
+                if isinstance(fn, ast.FunctionDef):
+                    args = fn.args.args
+                    first_default = len(args) - len(fn.args.defaults)
+                    out[node.name][fn.name] = [(a.arg, i >= first_default) for i, a in enumerate(args)]
+    return out
+
+
+def test_op_tables_are_twins():
+    """The op tables (csrc/bindings/op_table.h, exposed as _ops): every CPU op has its CUDA twin
+    with the same argument names, unless listed above; both tables match _core.pyi, argument
+    names and None defaults included (the CPU signature line says which arguments have one)."""
+    import re
+
+    cpu_ops, cuda_ops = dict(cpu._ops), dict(_core.cuda._ops)
+    assert "qkv_split" in cpu_ops and "gemm" in cuda_ops
+    assert set(CPU_ONLY_OPS) <= set(cpu_ops) and set(CUDA_ONLY_OPS) <= set(cuda_ops)
+    assert set(cpu_ops) - set(CPU_ONLY_OPS) == set(cuda_ops) - set(CUDA_ONLY_OPS)
+    stubs = _stub_signatures()
+    for name, args in cpu_ops.items():
+        assert callable(getattr(cpu, name)) and callable(getattr(_core.cuda, name)), name
+        if name in cuda_ops:
+            assert cuda_ops[name] == args, f"{name}: CPU {args} vs CUDA {cuda_ops[name]}"
+        sig = cpu.__dict__[name].__doc__.splitlines()[0]
+        defaults = set(re.findall(r"(\w+): [^,()]+ = None", sig))
+        want = [(a, a in defaults) for a in args]
+        assert stubs["cpu"][name] == want, f"_core.pyi cpu.{name}: {stubs['cpu'][name]} vs table {want}"
+        if name in cuda_ops:
+            assert stubs["cuda"][name] == want, f"_core.pyi cuda.{name}: {stubs['cuda'][name]} vs table {want}"
+    for name, args in cuda_ops.items():
+        assert [a for a, _ in stubs["cuda"][name]] == list(args), name
+
+
 # ----------------------------------------------------------------------------- gemm
 
 @pytest.mark.parametrize("wdtype", WDTYPES)
@@ -299,6 +348,28 @@ def test_rmsnorm_row_invariance(level, rng):
 def test_rope_rejects_odd_head_dim():
     with pytest.raises(ValueError, match="must be even"):
         cpu.rope(np.zeros((2, 3, 5), np.float32), i32([0, 1]), 1e6)
+
+
+# ----------------------------------------------------------------------------- qkv_split
+
+
+def test_qkv_split_is_the_engines_and_checks(rng):
+    from lfm2engine.backends import get_backend
+
+    assert get_backend("cpu").ops.qkv_split is cpu.qkv_split  # the C++ op, no Python stand-in
+    q, k, v = np.empty((2, 4, 3), np.float32), np.empty((2, 2, 3), np.float32), np.empty((2, 2, 3), np.float32)
+    qkv = rand(rng, 2, 24)
+    with pytest.raises(ValueError, match="argument 'qkv' has shape"):
+        cpu.qkv_split(q, k, v, rand(rng, 2, 25))
+    with pytest.raises(ValueError, match="argument 'v'"):
+        cpu.qkv_split(q, k, np.empty((2, 1, 3), np.float32), qkv)
+    with pytest.raises(ValueError, match="argument 'k'"):
+        cpu.qkv_split(q, np.empty((2, 2, 4), np.float32), v, qkv)
+    with pytest.raises(TypeError, match="argument 'qkv'"):
+        cpu.qkv_split(q, k, v, qkv.astype(np.float16))
+    buf = np.zeros(12, np.float32)
+    with pytest.raises(ValueError, match="overlaps"):
+        cpu.qkv_split(q, buf.reshape(2, 2, 3), buf.reshape(2, 2, 3), qkv)
 
 
 # ----------------------------------------------------------------------------- kv cache + attention

@@ -214,6 +214,13 @@ def test_embedding_bad_id_raises_at_sync(bad):
     assert (got[[0, 2]] == 1.0).all()
 
 
+def test_qkv_split_checks(rng):
+    t, h, hkv, dh = 3, 6, 2, 8
+    got = dev(np.empty((t, h, dh), np.float32)), dev(np.empty((t, hkv, dh), np.float32)), dev(np.empty((t, hkv, dh), np.float32))
+    with pytest.raises(ValueError, match="argument 'qkv' has shape"):
+        cuda.qkv_split(*got, dev(rand(rng, t, (h + 2 * hkv) * dh + 1)))
+
+
 # ----------------------------------------------------------------------------- kv cache + attention
 
 

@@ -71,6 +71,8 @@ SHAPES = {
     "rmsnorm": [(1, 1), (3, 5), (7, 33), (13 * 32, _M.DH), (1, _M.D), (5, _M.D), (600, _M.D), (1, _M.F)],  # (R, D)
     "rope": [(1, 1, 2), (5, 3, 6), (7, 5, 40), (13, _M.H, _M.DH), (3, _M.HKV, _M.DH)],  # (T, H, Dh)
     "swiglu": [(1, 1), (3, 7), (17, 33), (2, _M.F), (5, _M.FE)],  # (T, F)
+    "qkv_split": [(1, 1, 1, 2), (5, 6, 2, 8), (7, 5, 5, 6), (0, 2, 1, 4), (13, _M.H, _M.HKV, _M.DH),
+                  (300, _M.H, _M.HKV, _M.DH)],  # (T, H, Hkv, Dh)
     # (T, H, Hkv, Dh, B, Smax); the last ones decode-like (few queries, long cache)
     "attention": [(1, 1, 1, 1, 1, 1), (7, 6, 3, 20, 2, 37), (5, 5, 1, 24, 3, 19), (11, 3, 3, 8, 1, 50),
                   (3, _M.H, _M.HKV, _M.DH, 2, 300), (2, 11, 1, 44, 2, 97), (1, _M.H, _M.HKV, _M.DH, 1, 4096),
@@ -99,6 +101,7 @@ REAL = [
     *[("rmsnorm", f"T={t}", dict(r=t, d=_M.D)) for t in (1, 512)],
     *[("rope", f"q T={t}", dict(t=t, h=_M.H, dh=_M.DH)) for t in (1, 512)],
     *[("swiglu", f"dense T={t}", dict(t=t, f=_M.F)) for t in (1, 512)],
+    *[("qkv_split", f"T={t}", dict(t=t, h=_M.H, hkv=_M.HKV, dh=_M.DH)) for t in (1, 512)],
     ("attention", "decode B=1 S=4096", dict(t=1, h=_M.H, hkv=_M.HKV, dh=_M.DH, b=1, smax=4096, last_sees_all=True)),
     ("attention", "decode B=16 S=1024", dict(t=16, h=_M.H, hkv=_M.HKV, dh=_M.DH, b=16, smax=1024, last_sees_all=True)),
     ("shortconv", "decode B=16", dict(d=_M.D, lk=_M.L, seq=list(range(16)))),
@@ -137,6 +140,11 @@ def swiglu(rng, t, f) -> Call:
     gu[0, 0] = -100.0  # the exp-overflow side
     gu[-1, f - 1] = 90.0
     return Call("swiglu", (nan_out(t, f), gu), (0,))
+
+
+def qkv_split(rng, t, h, hkv, dh) -> Call:
+    return Call("qkv_split", (nan_out(t, h, dh), nan_out(t, hkv, dh), nan_out(t, hkv, dh),
+                              rand(rng, t, (h + 2 * hkv) * dh)), (0, 1, 2))
 
 
 def kv_write(rng, b=3, hkv=2, smax=11, dh=6, t=5) -> Call:
