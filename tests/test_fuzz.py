@@ -28,7 +28,9 @@ from lfm2engine.workload import read_inputs, read_logits, validate
 
 _core = import_core()
 
-FUZZ = settings(max_examples=200, deadline=None, derandomize=True, database=None,
+# LFM2_FUZZ_EXAMPLES=5000 for a deeper local run (CI: 200 per fuzzer, a few seconds in all)
+FUZZ = settings(max_examples=int(os.environ.get("LFM2_FUZZ_EXAMPLES", "200")), deadline=None, derandomize=True,
+                database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                        HealthCheck.data_too_large])
 
