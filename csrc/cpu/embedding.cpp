@@ -45,6 +45,7 @@ void embedding(TensorView out, ConstTensorView table, ConstTensorView ids) {
     expect_contiguous(op, "out", out);
     expect_contiguous(op, "table", table);
     expect_contiguous(op, "ids", ids);
+    expect_disjoint(op, "out", out, "table", table);  // rows are read while others are written
     const int32_t* id = ids.ptr<int32_t>();
     for (int64_t t = 0; t < T; ++t)
         LFM2_CHECK_INDEX(id[t] >= 0 && id[t] < V, op, "token id ", id[t], " at position ", t,
