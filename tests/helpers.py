@@ -16,6 +16,7 @@ import os
 
 import numpy as np
 import pytest
+from lfm2engine.backends.cases import as_weight  # noqa: F401  (re-exported: float32 weights as f32 / bf16 bits / f16)
 
 # Unit roundoff (machine epsilon) per dtype name; bf16 keeps 8 significant bits.
 _EPS = {
@@ -89,17 +90,6 @@ def weight_as_f64(w: np.ndarray) -> np.ndarray:
     if w.dtype == np.uint16:
         return bf16_to_f32(w).astype(np.float64)
     return w.astype(np.float64)
-
-
-def as_weight(w32: np.ndarray, wdtype: str) -> np.ndarray:
-    """float32 weights stored as 'float32', 'bfloat16' (uint16 bits) or 'float16'."""
-    if wdtype == "float32":
-        return np.ascontiguousarray(w32, dtype=np.float32)
-    if wdtype == "bfloat16":
-        return bf16_bits(w32)
-    if wdtype == "float16":
-        return np.ascontiguousarray(w32.astype(np.float16))
-    raise ValueError(wdtype)
 
 
 # ----------------------------------------------------------------------------- what may skip

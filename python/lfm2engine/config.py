@@ -3,7 +3,7 @@
 Reads HF keys under their HF names for model_type `lfm2` (dense) and `lfm2_moe`, accepts the
 legacy aliases (tie_embedding, rope_theta, full_attn_idxs, block_ff_dim), and rejects anything
 the engine cannot run with ConfigError. Engine code never parses JSON anywhere else.
-Must match transformers' Lfm2Config / Lfm2MoeConfig semantics (see shared/design/MODEL.md §1).
+Must match transformers' Lfm2Config / Lfm2MoeConfig semantics (see docs/MODEL.md §1).
 """
 
 from __future__ import annotations
