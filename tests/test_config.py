@@ -58,6 +58,7 @@ def test_aliases():
     (dict(num_key_value_heads=5), "multiple"),
     (dict(layer_types=["conv"] * 3), "layer_types must list 24"),
     (dict(layer_types=["conv"] * 23 + ["mamba"]), "unknown layer type"),
+    (dict(layer_types=["conv"] * 22 + [["conv"], {}]), "unknown layer type.*\\['conv'\\]"),  # found by test_fuzz
     (dict(num_experts_per_tok=33), "num_experts_per_tok"),
     (dict(num_dense_layers=25), "num_dense_layers"),
     (dict(vocab_size=0), "vocab_size"),

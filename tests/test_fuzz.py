@@ -15,7 +15,7 @@ import struct
 import numpy as np
 import pytest
 from helpers import assert_close, import_core
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from lfm2engine import Engine
@@ -28,7 +28,9 @@ from lfm2engine.workload import read_inputs, read_logits, validate
 
 _core = import_core()
 
-FUZZ = settings(max_examples=200, deadline=None, derandomize=True, database=None,
+# LFM2_FUZZ_EXAMPLES=5000 for a deeper local run (CI: 200 per fuzzer, a few seconds in all)
+FUZZ = settings(max_examples=int(os.environ.get("LFM2_FUZZ_EXAMPLES", "200")), deadline=None, derandomize=True,
+                database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                        HealthCheck.data_too_large])
 
@@ -306,89 +308,146 @@ def test_fuzz_validation_never_passes_non_finite(out, ans):
 # ------------------------------------------------------------------ bindings
 DTYPES = ("float32", "float16", "uint16", "int32", "float64", "int64", "uint8")
 WEIGHT = ("float32", "uint16", "float16")
+B = 2  # cache / state slots
 
 
 def valid_args(op, t, k, n, v, wdt):
-    """(dtype, shape) of each array argument of a valid call of `op`."""
+    """(dtype, shape, int range) of each array argument of a valid call of `op` (dims from 1..9;
+    t may be 0), then the scalar arguments. Ints are drawn in [0, range) (sorted where the
+    contract groups rows), a mutation may push one outside."""
+    f, i = "float32", "int32"
     return {
-        "gemm": [("float32", (t, n)), ("float32", (t, k)), (wdt, (n, k))],
-        "rmsnorm": [("float32", (t, k)), ("float32", (t, k)), ("float32", (k,))],
-        "embedding": [("float32", (t, k)), (wdt, (v, k)), ("int32", (t,))],
-        "argmax": [("int32", (t,)), ("float32", (t, v))],
-        "swiglu": [("float32", (t, n)), ("float32", (t, 2 * n))],
-        "rope": [("float32", (t, n, 2 * k)), ("int32", (t,))],
+        "gemm": ([(f, (t, n), 0), (f, (t, k), 0), (wdt, (n, k), 0)], ()),
+        "rmsnorm": ([(f, (t, k), 0), (f, (t, k), 0), (f, (k,), 0)], ("scalar",)),
+        "embedding": ([(f, (t, k), 0), (wdt, (v, k), 0), (i, (t,), v)], ()),
+        "argmax": ([(i, (t,), 0), (f, (t, v), 0)], ()),
+        "swiglu": ([(f, (t, n), 0), (f, (t, 2 * n), 0)], ()),
+        "rope": ([(f, (t, n, 2 * k), 0), (i, (t,), 4 * v)], ("scalar",)),
+        "kv_write": ([(f, (B, n, v, k), 0), (f, (B, n, v, k), 0), (f, (t, n, k), 0), (f, (t, n, k), 0),
+                      (i, (t,), B), (i, (t,), v)], ()),
+        "attention": ([(f, (t, 2 * n, 2 * k), 0), (f, (t, 2 * n, 2 * k), 0), (f, (B, n, v, 2 * k), 0),
+                       (f, (B, n, v, 2 * k), 0), (i, (t,), B), (i, (t,), v)], ()),
+        "shortconv": ([(f, (t, k), 0), (f, (t, 3 * k), 0), (f, (k, 3), 0), (f, (B, 2, k), 0), ("sorted", (t,), B)],
+                      ()),
+        "moe_route": ([(i, (t, min(n, v)), 0), (f, (t, min(n, v)), 0), (f, (t, v), 0), (f, (v,), 0)],
+                      ("bool", "scalar")),
+        "moe_expert_rows": ([(f, (t, k), 0), (f, (t, k), 0), (i, (t,), v), (wdt, (v, 2 * n, k), 0),
+                             (wdt, (v, k, n), 0)], ()),
     }[op]
 
 
+OPS = ("gemm", "rmsnorm", "embedding", "argmax", "swiglu", "rope", "kv_write", "attention", "shortconv", "moe_route",
+       "moe_expert_rows")
 MUTATION = st.one_of(
-    st.tuples(st.just("dtype"), st.integers(0, 2), st.sampled_from(DTYPES)),
-    st.tuples(st.just("dim"), st.integers(0, 2), st.integers(0, 2), st.integers(-2, 2)),
-    st.tuples(st.just("ndim"), st.integers(0, 2), st.booleans()),
-    st.tuples(st.just("layout"), st.integers(0, 2), st.sampled_from(["strided", "fortran", "readonly"])),
-    st.tuples(st.just("alias"), st.integers(0, 2), st.integers(0, 2)),
+    st.tuples(st.just("dtype"), st.integers(0, 5), st.sampled_from(DTYPES)),
+    st.tuples(st.just("dim"), st.integers(0, 5), st.integers(0, 3), st.integers(-2, 2)),
+    st.tuples(st.just("ndim"), st.integers(0, 5), st.booleans()),
+    st.tuples(st.just("layout"), st.integers(0, 5), st.sampled_from(["strided", "fortran", "readonly"])),
+    st.tuples(st.just("alias"), st.integers(0, 5), st.integers(0, 5)),
+    st.tuples(st.just("range"), st.integers(0, 5), st.sampled_from([-1, 0, 1, 2**31 - 1])),
 )
 
 
 def build(dt, shape, rng, hi):
     if dt == "uint16":  # bf16 bits of finite numbers
-        return (rng.standard_normal(shape).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+        bits = np.asarray(rng.standard_normal(shape), np.float32).reshape(-1).view(np.uint32) >> 16
+        return bits.astype(np.uint16).reshape(shape)
+    if dt == "sorted":  # a contract that groups a sequence's rows: sorted ids
+        return np.sort(rng.integers(0, hi, size=shape).reshape(-1)).reshape(shape).astype(np.int32)
     if np.dtype(dt).kind == "f":
-        return (rng.standard_normal(shape) * 3).astype(dt)
-    return rng.integers(-1, hi + 2, size=shape).astype(dt)  # ids / positions, sometimes out of range
+        return np.asarray(rng.standard_normal(shape) * 3, dtype=dt)
+    return np.asarray(rng.integers(0, max(hi, 1), size=shape), dtype=dt)
 
 
 @FUZZ
-@given(op=st.sampled_from(["gemm", "rmsnorm", "embedding", "argmax", "swiglu", "rope"]),
+@given(op=st.sampled_from(OPS),
        dims=st.tuples(st.integers(0, 4), st.integers(1, 9), st.integers(1, 5), st.integers(1, 7)),
        wdt=st.sampled_from(WEIGHT), mutations=st.lists(MUTATION, max_size=2),
-       scalar=st.sampled_from([1e-5, 1e4, 0.0, -1.0, float("nan"), float("inf")]), seed=st.integers(0, 2**16))
-def test_fuzz_binding_arguments(op, dims, wdt, mutations, scalar, seed):
+       scalar=st.sampled_from([1e-5, 1e4, 1.0, 0.0, -1.0, float("nan"), float("inf")]), flag=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_fuzz_binding_arguments(op, dims, wdt, mutations, scalar, flag, seed):
     """Valid calls of the CPU ops with up to two argument mutations (dtype, a dimension, the rank,
-    layout, read-only output, aliasing): the binding raises the TypeError / ValueError /
-    IndexError of its contract, or its result equals the numpy backend's contract."""
+    layout, read-only output, aliasing, an index out of range): the binding raises the TypeError /
+    ValueError / IndexError of its contract, or every argument afterwards (outputs, in-place
+    state, untouched inputs) equals what the numpy backend's contract makes of the same call."""
     from lfm2engine.backends import numpy_ops
 
+    # RoPE with 0 < theta < 1 turns faster than 1 rad per position: at positions near 2**31 its
+    # angle exceeds 1e14 rad, whose float64 rounding alone moves sin/cos past fp32 tolerances in
+    # any implementation (the deep run met it); the contract is compared for other thetas
+    assume(not (op == "rope" and 0 < scalar < 1))
     rng = np.random.default_rng(seed)
-    specs = [[dt, list(sh)] for dt, sh in valid_args(op, *dims, wdt)]
-    alias, layout = {}, {}
+    specs, scalars = valid_args(op, *dims, wdt)
+    specs = [[dt, list(sh), hi] for dt, sh, hi in specs]
+    alias, layout, ranges = {}, {}, {}
     for m in mutations:
-        i = m[1] % len(specs)
+        j = m[1] % len(specs)
         if m[0] == "dtype":
-            specs[i][0] = m[2]
-        elif m[0] == "dim" and specs[i][1]:
-            j = m[2] % len(specs[i][1])
-            specs[i][1][j] = max(0, specs[i][1][j] + m[3])
+            specs[j][0] = m[2]
+        elif m[0] == "dim" and specs[j][1]:
+            d = m[2] % len(specs[j][1])
+            specs[j][1][d] = max(0, specs[j][1][d] + m[3])
         elif m[0] == "ndim":
-            specs[i][1] = specs[i][1][:-1] if m[2] else specs[i][1] + [1]
+            specs[j][1] = specs[j][1][:-1] if m[2] else specs[j][1] + [1]
         elif m[0] == "layout":
-            layout[i] = m[2]
+            layout[j] = m[2]
+        elif m[0] == "alias":
+            alias[j] = m[2] % len(specs)
         else:
-            alias[i] = m[2] % len(specs)
-    hi = dims[3] if op == "embedding" else 2 * dims[0] + 3
-    args = [build(dt, tuple(sh), rng, hi) for dt, sh in specs]
-    for i, how in layout.items():
-        a = args[i]
+            ranges[j] = m[2]
+    args = [build(dt, tuple(sh), rng, hi) for dt, sh, hi in specs]
+    for j, val in ranges.items():
+        a = args[j]
+        if a.size and a.dtype.kind in "iu":
+            a.reshape(-1)[0] = val + (specs[j][2] if val in (0, 1) else 0) if a.dtype.kind == "i" else 0
+    for j, how in layout.items():
+        a = args[j]
         if how == "strided" and a.ndim:
-            args[i] = np.repeat(a, 2, axis=-1)[..., ::2]
+            args[j] = np.repeat(a, 2, axis=-1)[..., ::2]
         elif how == "fortran":
-            args[i] = np.asfortranarray(a)
+            args[j] = np.asfortranarray(a)
         else:
             a.flags.writeable = False
-    for i, j in alias.items():
-        args[i] = args[j]
+    for j, src in alias.items():
+        args[j] = args[src]
+    extra = tuple(flag if s == "bool" else scalar for s in scalars)
     before = [a.copy() for a in args]
-    extra = (scalar,) if op in ("rmsnorm", "rope") else ()
     try:
         getattr(_core.cpu, op)(*args, *extra)
     except (TypeError, ValueError, IndexError) as e:
         event(f"{op}: {type(e).__name__}")
         return
     event(f"{op}: accepted")
-    want = [b.copy() for b in before]
+    # accepted: the numpy contract on copies (aliases kept) gives the same arguments afterwards
+    want = contract(numpy_ops, op, args, before, extra)
+    mags = contract(numpy_ops, op, args, before, extra, absolute=True)
+    # float32 accumulation over at most every argument's last dimension (chained GEMMs of the
+    # experts), with room for the kernels' vectorized exp in silu/softmax (factor 8), relative to
+    # the size of the terms (the contract run on |inputs|), not of a result that cancels
+    reduce_len = sum(a.shape[-1] for a in args if a.ndim) or 1
+    for j, (got, exp, mag) in enumerate(zip(args, want, mags)):
+        if got.dtype.kind == "f":
+            scale = max(float(np.sqrt(np.mean(np.square(mag, dtype=np.float64)))) if mag.size else 0.0,
+                        float(np.sqrt(np.mean(np.square(exp, dtype=np.float64)))) if exp.size else 0.0)
+            assert_close(got, exp, k=reduce_len, factor=8.0, scale=scale, name=f"{op} argument {j}")
+        else:
+            assert np.array_equal(got, exp), f"{op} argument {j}: {got} != {exp}"
+
+
+def contract(numpy_ops, op, args, before, extra, absolute=False):
+    """The arguments after the numpy backend's `op` on copies of `before` (aliased arguments stay
+    aliased); absolute=True runs it on |float inputs| (the size of the terms)."""
+    copies: dict = {}
+    out = []
+    for j, a in enumerate(args):
+        if id(a) not in copies:
+            b = before[j].copy()
+            if absolute and b.dtype.kind == "f":
+                b = np.abs(b)
+            elif absolute and b.dtype == np.uint16:  # bf16 bits: clear the sign
+                b = b & np.uint16(0x7FFF)
+            copies[id(a)] = b
+        out.append(copies[id(a)])
     with np.errstate(all="ignore"):
-        getattr(numpy_ops, op)(*want, *extra)
-    got, exp = args[0], want[0]
-    if got.dtype.kind == "f":
-        assert_close(got, exp, k=max([1] + [a.shape[-1] for a in args[1:] if a.ndim]), name=op)
-    else:
-        assert np.array_equal(got, exp), op
+        getattr(numpy_ops, op)(*out, *extra)
+    return out

@@ -109,6 +109,8 @@ def overflowing(tiny):
     return tiny("overflow", edit)
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning",
+                            "ignore:invalid value encountered:RuntimeWarning")  # numpy backend: expected here
 @pytest.mark.parametrize("device", ["cpu", "numpy", "fake_cuda"])
 def test_non_finite_logits_raise_naming_the_step(overflowing, device):
     dev = CudaBackend(fake_cuda) if device == "fake_cuda" else device

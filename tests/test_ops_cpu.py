@@ -324,6 +324,15 @@ def test_embedding_rejects_bad_id(bad):
     assert (out == 5.0).all(), "nothing may be written when an id is bad"
 
 
+def test_embedding_rejects_out_overlapping_the_table():
+    """Found by tests/test_fuzz.py: out aliasing the table gathered rows already overwritten."""
+    table = np.arange(12, dtype=np.float32).reshape(6, 2)
+    for out, ids in ((table, [5, 0, 1, 2, 3, 4]), (table[2:5], [5, 0, 1])):
+        with pytest.raises(ValueError, match="'out' overlaps 'table'"):
+            cpu.embedding(out, table, i32(ids))
+    assert np.array_equal(table, np.arange(12, dtype=np.float32).reshape(6, 2))
+
+
 # ----------------------------------------------------------------------------- rmsnorm
 
 

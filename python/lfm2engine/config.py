@@ -243,7 +243,7 @@ class LFM2Config:
                 f"{len(layer_types) if isinstance(layer_types, list) else type(layer_types).__name__} "
                 f"(one type per layer: it must list num_hidden_layers = {n_layers})"
             )
-        bad = sorted({t for t in layer_types if t not in (ATTENTION, CONV)})
+        bad = sorted({repr(t) if not isinstance(t, str) else t for t in layer_types if t not in (ATTENTION, CONV)})
         if bad:
             raise ConfigError(f"{source}: unknown layer type(s) {bad}; expected {ATTENTION!r} or {CONV!r}")
 
