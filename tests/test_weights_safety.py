@@ -93,12 +93,12 @@ def test_digest_changes_with_any_weight_byte(hf_ckpt, tmp_path):
     base = Engine.from_pretrained(src)
     ck = Checkpoint(src)
     name = "model.layers.1.feed_forward.experts.2.w2.weight"
-    for flip in (np.float32(np.nan), np.float32(1e-30)):
-        d = tmp_path / f"m{flip}"
+    for k, change in enumerate((lambda v: np.nextafter(v, np.float32(np.inf)), lambda v: np.float32(1e-30))):
+        d = tmp_path / f"m{k}"
         shutil.copytree(src, d)
         tensors = {n: np.array(ck.f32(n)) for n in ck.refs}
         t = tensors[name].reshape(-1)
-        t[t.size // 2] = flip
+        t[t.size // 2] = change(t[t.size // 2])  # one ulp; a tiny value
         save_file(tensors, str(d / "model.safetensors"))
         other = Engine.from_pretrained(str(d))
         assert other.w.digest != base.w.digest and other.fingerprint != base.fingerprint

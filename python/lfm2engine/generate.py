@@ -23,6 +23,7 @@ from .cli import resolve_prompt
 from .errors import InputError
 from .parallel import ParallelPlan, agree, check_same_model, run_guarded
 from .sampling import Sampler
+from .synthetic import PRESETS
 from .parallel import data_parallel as dpl
 from .parallel.comm import node_local
 
@@ -38,9 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "Run under `mpirun -np R` to split the work over R ranks.")
     ap.add_argument("--model", help="Hugging Face checkpoint directory (config.json + *.safetensors). "
                                     "Default: the built-in synthetic model (see --config)")
-    ap.add_argument("--config", default="default", choices=("default", "full"),
+    ap.add_argument("--config", default="default", choices=tuple(PRESETS),
                     help="built-in synthetic model when --model is absent: 'default' (LFM2-8B-A1B structure "
-                         "scaled to run in seconds) or 'full' (real-size LFM2-8B-A1B, random weights, 16.7 GB)")
+                         "scaled to run in seconds), 'real8' (its real shapes, 8 layers, 4.9 GB) or 'full' "
+                         "(real-size LFM2-8B-A1B, random weights, 16.7 GB)")
     ap.add_argument("--inputs", help="inputs.bin (default: the model's built-in workload, 32 × 16 tokens)")
     ap.add_argument("--answers", help="answers.bin for -v (default: the built-in workload's answers)")
     ap.add_argument("--outputs", default="outputs.bin", help="where to write logits (default outputs.bin)")

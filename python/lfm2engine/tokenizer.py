@@ -28,6 +28,13 @@ class Tokenizer:
     def decode(self, ids) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=False)
 
+    def token_text(self, tid: int) -> str | None:
+        """The text of one token id; None for an id the tokenizer does not know (a model's
+        vocabulary may be larger than its tokenizer's)."""
+        if self.tok.id_to_token(int(tid)) is None:
+            return None
+        return self.decode([tid])
+
 
 def load_tokenizer(model_dir: str) -> Tokenizer | None:
     p = os.path.join(model_dir, "tokenizer.json")
