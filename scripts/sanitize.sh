@@ -14,7 +14,7 @@ B="$LFM2_ROOT/build/sanitize"
 # or mpirun would test the normal build there).
 FILES=(tests/test_ops_cpu.py tests/test_model_fused.py tests/test_weights_safety.py tests/test_backends.py
        tests/test_model.py tests/test_backend_cuda_emulated.py tests/test_parallel_plan.py tests/test_specdecode.py
-       tests/test_cli_errors.py)
+       tests/test_cli_errors.py tests/test_ops.py tests/test_fuzz.py tests/test_numerics_guards.py)
 command -v cmake > /dev/null || "$PY" -m pip install -q cmake ninja
 PATH="$LFM2_VENV/bin:$PATH"
 GEN=(); command -v ninja > /dev/null && GEN=(-G Ninja)
@@ -29,7 +29,7 @@ SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 PRELOAD="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so)"
 export ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=0:exitcode=86"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:exitcode=86"
-run() { LD_PRELOAD="$PRELOAD" PYTHONPATH="$B/pkg:$SITE:$LFM2_ROOT/tests" LFM2_SANITIZED=1 "$PY" -S "$@"; }
+run() { LD_PRELOAD="$PRELOAD" PYTHONPATH="$B/pkg:$SITE:$LFM2_ROOT/tests" LFM2_REQUIRE_CORE=1 "$PY" -S "$@"; }
 got="$(run -c 'import lfm2engine._core as c; print(c.__file__)')"
 case "$got" in "$B/pkg/"*) ;; *) echo "sanitize.sh: imported $got, not the instrumented build" >&2; exit 1;; esac
 # The harness must catch what it is for: the use-after-free of issue 16 (a fused model built

@@ -11,13 +11,14 @@ import gc
 import os
 import shutil
 
+import helpers
 import numpy as np
 import pytest
 from lfm2engine import Engine
 from lfm2engine.checkpoint import Checkpoint, save_file
 from lfm2engine.errors import InputError
 
-pytest.importorskip("lfm2engine._core")
+helpers.import_core()
 
 PROMPTS = [[3, 1, 4, 1, 5, 9], [2, 6]]
 

@@ -196,7 +196,10 @@ def default_threads(size: int) -> int:
     return max(1, min(usable, (os.cpu_count() or 1) // size))
 
 
-def load_engine(args, comm, model_dir, job: Job):
+def load_engine(args, comm, model_dir, inputs: dict | None = None):
+    """Load the engine on every rank and check that the ranks agree (check_same_model) on the
+    model, plan, numerics and `inputs` (the caller's {name: value} that shape the work: run_inputs
+    here, the slot and step sizes in serve); install the plan's executor."""
     from .engine import Engine
 
     plan = agree(comm, lambda: ParallelPlan(args.plan, comm.Get_size(), comm.Get_rank()))  # before loading
@@ -219,7 +222,7 @@ def load_engine(args, comm, model_dir, job: Job):
                                                      verbose=not args.quiet and comm.Get_rank() == 0))
     log.info(f"loaded {model_dir} ({eng.config.model_type}, {eng.config.num_hidden_layers} layers, "
              f"dtype {args.dtype}) in {time.perf_counter() - t0:.2f} s; {comm.Get_size()} rank(s) × {threads} threads")
-    check_same_model(comm, eng.config.fingerprint(), eng.fingerprint, args.plan, numerics, run_inputs(args, job))
+    check_same_model(comm, eng.config.fingerprint(), eng.fingerprint, args.plan, numerics, inputs)
     eng.parallel_plan = plan
     if args.plan != "dp":  # also on 1 rank: tp's canonical slice sums give the same bits at 1, 2 and 4 ranks
         from .parallel import executors
@@ -331,7 +334,7 @@ def _main(comm, args) -> int:
     agree(comm, lambda: check_args(args, rank))  # typed errors before any expensive work, printed once
     model_dir = resolve_model(args, comm)
     job = prepare(args, comm, model_dir)
-    eng = load_engine(args, comm, model_dir, job)
+    eng = load_engine(args, comm, model_dir, run_inputs(args, job))
     if generation_mode(args):
         summary = run_generation(args, comm, eng, model_dir, job)
     else:

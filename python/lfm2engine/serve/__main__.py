@@ -69,7 +69,8 @@ def _main(comm, args) -> int:
     if not 0 <= args.port < 65536:
         raise InputError(f"--port must be in [0, 65535], found {args.port}")
     model_dir = resolve_model(args, comm)
-    eng = load_engine(args, comm, model_dir)
+    agreed = ("dtype", "device", "max_batch", "max_context", "step_tokens")  # every rank steps the same batches
+    eng = load_engine(args, comm, model_dir, {"--" + k.replace("_", "-"): getattr(args, k) for k in agreed})
     check_slots(args.max_batch, args.max_context, eng)
     ex = StepExecutor(eng, comm, eng.parallel_plan, args.max_batch, args.max_context)
     if rank != 0:
