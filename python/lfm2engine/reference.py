@@ -41,7 +41,8 @@ def rmsnorm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     if over.any():
         m = np.where(over, np.abs(x).max(axis=-1, keepdims=True), 1)
         y = x / m
-        den = np.where(over, m * np.sqrt(np.mean(y * y, axis=-1, keepdims=True) + eps / (m * m)), den)
+        with np.errstate(over="ignore"):  # m² may overflow: eps / inf = 0, as in the C++ ops
+            den = np.where(over, m * np.sqrt(np.mean(y * y, axis=-1, keepdims=True) + eps / (m * m)), den)
     return (x / den) * w
 
 
