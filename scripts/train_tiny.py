@@ -13,7 +13,7 @@ Tokenizer: byte-level BPE (`tokenizers`), 2048 ids, <|pad|>=0, <|startoftext|>=1
 <|endoftext|>=2 (EOS), <|im_start|>=3, <|im_end|>=4, saved as tokenizer.json + tokenizer_config.json
 (with a ChatML-style chat template; the models are not instruction-tuned).
 
-Models (transformers' own classes, fixed seeds, bf16 on disk):
+Models (transformers' own classes, fixed seeds, fp32 on disk: 16 MB together):
   tiny        Lfm2MoeForCausalLM, LFM2-8B-A1B's pattern scaled down: 8 layers, attention at 2, 5, 7
               (conv elsewhere), 2 dense layers first, then 8 experts top-2, sigmoid router with an
               expert bias updated aux-loss-free (bias += rate * sign(mean load - load)), tied embeddings.
@@ -24,6 +24,8 @@ held-out loss) goes to stdout.
 
     python scripts/train_tiny.py                      # both models -> python/lfm2engine/data/models
     python scripts/train_tiny.py --quick --out /tmp/t  # a few steps, to check the pipeline
+    # on 2 cores: one model per core, in parallel (the tokenizer is trained identically by both)
+    python scripts/train_tiny.py --only tiny --threads 1 & python scripts/train_tiny.py --only tiny-draft --threads 1
 """
 
 from __future__ import annotations
@@ -226,7 +228,7 @@ def save(model, tok, d: str) -> None:
     os.makedirs(d, exist_ok=True)
     for f in os.listdir(d):
         os.remove(os.path.join(d, f))
-    model.to(torch.bfloat16).save_pretrained(d, safe_serialization=True)
+    model.to(torch.float32).save_pretrained(d, safe_serialization=True)  # fp32: bf16 modes have something to round
     gc = os.path.join(d, "generation_config.json")
     if os.path.exists(gc):
         os.remove(gc)
@@ -237,8 +239,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=DEFAULT_OUT, help="writes OUT/tiny, OUT/tiny-draft, OUT/kjv_test.txt")
     ap.add_argument("--only", choices=("tiny", "tiny-draft"), help="train one model (tokenizer is retrained)")
-    ap.add_argument("--steps", type=int, default=900, help="target steps (default 900)")
-    ap.add_argument("--draft-steps", type=int, default=900, help="draft steps (default 900)")
+    ap.add_argument("--steps", type=int, default=800, help="target steps (default 800)")
+    ap.add_argument("--draft-steps", type=int, default=800, help="draft steps (default 800)")
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=3e-3)

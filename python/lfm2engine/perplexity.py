@@ -62,22 +62,40 @@ def token_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return lse - x[np.arange(len(targets)), targets]
 
 
-def _score(eng, seqs: list[np.ndarray], first: list[int], batch_size: int, progress) -> tuple[float, int]:
-    """Sum of NLL and count over sequences: in seqs[j], positions first[j]..len-1 are scored
-    (each predicted from the positions before it). Runs batch_size sequences per forward call."""
-    total, count = 0.0, 0
+def all_logits(eng, seqs: list[np.ndarray], batch_size: int = 8):
+    """Yield (seq, logits [len(seq), V]) for each sequence, batch_size sequences per forward call."""
     for a in range(0, len(seqs), batch_size):
         part = seqs[a:a + batch_size]
         s = eng.session(len(part), max(len(x) for x in part))
         logits = s.forward(list(range(len(part))), part, all_logits=True)
         off = 0
-        for x, f in zip(part, first[a:a + batch_size]):
-            lg = logits[off:off + len(x)]
+        for x in part:
+            yield x, logits[off:off + len(x)]
             off += len(x)
-            nll = token_nll(lg[f - 1:len(x) - 1], x[f:])
-            total += float(nll.sum())
-            count += len(nll)
-        progress(len(part))
+
+
+def text_sequences(ids, ctx: int, stride: int, bos: int | None) -> tuple[list[np.ndarray], list[int]]:
+    """The windows of a token stream as sequences to run, and the first scored position of each."""
+    ids = np.asarray(ids, dtype=np.int32)
+    head = np.asarray([] if bos is None else [bos], np.int32)
+    seqs, first = [], []
+    for w in windows(len(ids), ctx, stride):
+        seq = np.concatenate([head, ids[w.begin:w.end]])
+        seqs.append(seq)
+        first.append(max(1, len(seq) - w.scored))  # without BOS the stream's first token is not scored
+    return seqs, first
+
+
+def _score(eng, seqs: list[np.ndarray], first: list[int], batch_size: int, progress) -> tuple[float, int]:
+    """Sum of NLL and count over sequences: in seqs[j], positions first[j]..len-1 are scored
+    (each predicted from the positions before it)."""
+    total, count = 0.0, 0
+    for j, (x, lg) in enumerate(all_logits(eng, seqs, batch_size)):
+        nll = token_nll(lg[first[j] - 1:len(x) - 1], x[first[j]:])
+        total += float(nll.sum())
+        count += len(nll)
+        if (j + 1) % batch_size == 0 or j + 1 == len(seqs):
+            progress((j % batch_size) + 1)
     return total, count
 
 
@@ -87,21 +105,12 @@ def text_perplexity(eng, ids, ctx: int, stride: int, bos: int | None, batch_size
     ids = np.asarray(ids, dtype=np.int32)
     if ids.size < (1 if bos is not None else 2):
         raise InputError(f"the text has {ids.size} token(s): too few to score")
-    head = [] if bos is None else [bos]
-    if len(head) + ctx > eng.config.max_position_embeddings:
-        raise InputError(f"--ctx {ctx}{' + BOS' if head else ''} exceeds the model's context of "
+    if (bos is not None) + ctx > eng.config.max_position_embeddings:
+        raise InputError(f"--ctx {ctx}{' + BOS' if bos is not None else ''} exceeds the model's context of "
                          f"{eng.config.max_position_embeddings} tokens")
-    wins = windows(len(ids), ctx, stride)
-    seqs, first = [], []
-    for w in wins:
-        seq = np.concatenate([np.asarray(head, np.int32), ids[w.begin:w.end]])
-        f = len(seq) - w.scored
-        if f == 0:  # no BOS: the stream's first token has nothing to be predicted from
-            f = 1
-        seqs.append(seq)
-        first.append(f)
+    seqs, first = text_sequences(ids, ctx, stride, bos)
     total, count = _score(eng, seqs, first, batch_size, progress)
-    return {"tokens": int(ids.size), "scored": count, "windows": len(wins), "ctx": ctx, "stride": stride,
+    return {"tokens": int(ids.size), "scored": count, "windows": len(seqs), "ctx": ctx, "stride": stride,
             "bos": bos is not None, "nll": total / count, "perplexity": float(np.exp(total / count))}
 
 
