@@ -6,7 +6,7 @@ Dev-only: needs torch + transformers + tokenizers (the `test` extra); the engine
 Corpus: the KJV text of the Debian package `bible-kjv` (data in `bible-kjv-text`; the translation
 of 1611 is public domain, the BRS software is free to copy: /usr/share/doc/bible-kjv-text/copyright),
 dumped with `bible -f gen1:1-rev22:21`, verse references stripped, one verse per line. The last
-5 % of the verses (Hebrews 10 .. Revelation) are the held-out test split, written next to the
+5 % of the verses (Colossians 4:4 .. Revelation 22:21) are the held-out test split, written next to the
 models as kjv_test.txt.
 
 Tokenizer: byte-level BPE (`tokenizers`), 2048 ids, <|pad|>=0, <|startoftext|>=1 (BOS),

@@ -22,7 +22,8 @@ PROMPT = "And God said"
 # Greedy continuation of BOS + PROMPT by `tiny` (fp32), 24 tokens: " unto him, When thou hast done, and thou
 # hast done, ..." (tiny greedy models loop). Regenerate after retraining:
 #   python -m lfm2engine.generate --model tiny --prompt "And God said" --max-new-tokens 24 --json
-GOLDEN = [322, 334, 16, 805, 282, 360, 584, 823, 16, 272, 360, 584, 823, 16, 272, 360, 584, 823, 16, 272, 360, 584, 823, 16]
+GOLDEN = [322, 334, 16, 805, 282, 360, 584, 823, 16, 272, 360, 584, 823, 16, 272, 360, 584, 823, 16, 272, 360,
+          584, 823, 16]
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,8 @@
 
 Workload mode (default): last-token logits of each prompt of inputs.bin -> outputs.bin (atomic),
 -v validates against answers.bin. Generation mode (--prompt / --prompt-ids): continues the
-prompt by --max-new-tokens; with --prompt the text is streamed to stdout token by token. Without --model, the built-in synthetic model and workload are used.
+prompt by --max-new-tokens; with --prompt the text is streamed to stdout token by token. Without
+--model, the built-in synthetic model and workload are used (--model tiny: the shipped trained model).
 Throughput goes to stderr; --json prints a machine-readable summary on stdout (rank 0).
 """
 
