@@ -68,8 +68,12 @@ def load_verses() -> list[str]:
     exe = shutil.which("bible")
     if exe is None and os.geteuid() == 0 and shutil.which("apt-get"):
         print(f"installing the Debian package {PACKAGE} (the KJV text)", flush=True)
-        subprocess.run(["apt-get", "install", "-y", "-q", PACKAGE], check=False, stdout=subprocess.DEVNULL)
-        exe = shutil.which("bible")
+        for cmd in (["apt-get", "install", "-y", "-q", PACKAGE], ["apt-get", "update", "-q"],
+                    ["apt-get", "install", "-y", "-q", PACKAGE]):  # a fresh machine may need the update
+            subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL)
+            exe = shutil.which("bible")
+            if exe is not None:
+                break
     if exe is None:
         sys.exit(f"train_tiny: the corpus comes from the Debian package '{PACKAGE}' (program `bible`); "
                  f"install it: apt-get install {PACKAGE}")

@@ -132,9 +132,17 @@ def test_generate_cli_streams_text(tok):
     env = {k: v for k, v in os.environ.items() if k not in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK")}
     args = [sys.executable, "-m", "lfm2engine.generate", "--model", "tiny", "--prompt", PROMPT,
             "--max-new-tokens", "12", "-q"]
-    r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
-    assert r.returncode == 0, r.stderr
     j = subprocess.run([*args, "--json"], capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
     summary = json.loads(j.stdout)
-    assert r.stdout == PROMPT + tok.decode(summary["tokens"]) + "\n"
-    assert summary["text"] == tok.decode(summary["tokens"])
+    assert summary["tokens"] == GOLDEN[:12] and summary["text"] == tok.decode(summary["tokens"])
+    for plan in ("dp", "ep", "tp"):  # the streamed text is the same under every plan's decode loop
+        r = subprocess.run([*args, "--plan", plan], capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == PROMPT + summary["text"] + "\n", plan
+
+
+def test_on_token_sees_every_token_as_it_is_made(tiny):
+    seen = []
+    out = tiny.generate([[1, 300, 399], [1, 5]], 6, on_token=lambda i, t: seen.append((i, t)))
+    assert [t for i, t in seen if i == 0] == out[0] and [t for i, t in seen if i == 1] == out[1]
+    assert seen[:2] == [(0, out[0][0]), (1, out[1][0])]  # step by step, not at the end
