@@ -108,6 +108,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--llama-cpp", required=True, help="llama.cpp source tree with build/bin/llama-bench")
     ap.add_argument("--model", default=None, help="HF checkpoint directory (default: built-in synthetic model)")
+    ap.add_argument("--config", default="default", help="built-in synthetic model when --model is absent: "
+                    "default, real8 (LFM2-8B-A1B's real shapes, 8 layers) or full")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--prompts", default="64,512", help="prompt lengths for pp tests")
     ap.add_argument("--gen", type=int, default=32, help="tokens for the tg test")
@@ -122,7 +124,7 @@ def main(argv=None):
     exe = os.path.join(a.llama_cpp, "build", "bin", "llama-bench")
     if not os.access(exe, os.X_OK):
         raise SystemExit(f"{exe} not found: build llama.cpp first (see this script's docstring)")
-    model = a.model or default_model_dir()
+    model = a.model or default_model_dir(a.config)
     gdir = a.gguf_dir or model
     prompts = [int(p) for p in a.prompts.split(",")]
     _core.set_num_threads(a.threads)

@@ -46,6 +46,8 @@ def active_weight_bytes(cfg, dtype_bytes: int, batch: int) -> float:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None)
+    ap.add_argument("--config", default="default", help="built-in synthetic model when --model is absent: "
+                    "default, real8 (LFM2-8B-A1B's real shapes, 8 layers) or full")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--prompt-len", type=int, default=64)
     ap.add_argument("--decode-steps", type=int, default=32)
@@ -57,7 +59,7 @@ def main(argv=None):
     from lfm2engine import Engine, _core
     from lfm2engine.synthetic import default_model_dir
 
-    model = a.model or default_model_dir()
+    model = a.model or default_model_dir(a.config)
     _core.set_num_threads(a.threads)
     engines = {dt: Engine.from_pretrained(model, dtype=dt) for dt in ("float32", "bfloat16")}
     cfg = engines["float32"].config

@@ -7,4 +7,6 @@ cd "$LFM2_ROOT"
 [ -x "$LFM2_VENV/bin/python" ] || "${PYTHON:-python3}" -m venv "$LFM2_VENV"
 "$LFM2_VENV/bin/pip" install -q -U pip
 "$LFM2_VENV/bin/pip" install -q -e ".[test,mpi-wheel]"
+# The core was just built: a broken build must fail the C++ tests, not skip them (tests/helpers.py).
+export LFM2_REQUIRE_CORE="${LFM2_REQUIRE_CORE:-1}"
 exec "$LFM2_VENV/bin/python" -m pytest -q "$@"

@@ -10,9 +10,13 @@ and the first mismatching pairs.
 
 from __future__ import annotations
 
+import glob
 import math
+import os
 
 import numpy as np
+import pytest
+from lfm2engine.backends.cases import as_weight  # noqa: F401  (re-exported: float32 weights as f32 / bf16 bits / f16)
 
 # Unit roundoff (machine epsilon) per dtype name; bf16 keeps 8 significant bits.
 _EPS = {
@@ -88,12 +92,46 @@ def weight_as_f64(w: np.ndarray) -> np.ndarray:
     return w.astype(np.float64)
 
 
-def as_weight(w32: np.ndarray, wdtype: str) -> np.ndarray:
-    """float32 weights stored as 'float32', 'bfloat16' (uint16 bits) or 'float16'."""
-    if wdtype == "float32":
-        return np.ascontiguousarray(w32, dtype=np.float32)
-    if wdtype == "bfloat16":
-        return bf16_bits(w32)
-    if wdtype == "float16":
-        return np.ascontiguousarray(w32.astype(np.float16))
-    raise ValueError(wdtype)
+# ----------------------------------------------------------------------------- what may skip
+
+
+def gpu_visible() -> bool:
+    """An NVIDIA device node exists (a driver is loaded), whatever lfm2engine was built with."""
+    return bool(glob.glob("/dev/nvidia[0-9]*"))
+
+
+def core_required() -> str | None:
+    """Why a missing or broken C++ core must FAIL here rather than skip, or None where it may skip:
+    in CI (CI=true), under scripts/test.sh (it builds the core and sets LFM2_REQUIRE_CORE=1), and
+    wherever a GPU is visible."""
+    if os.environ.get("CI", "").lower() == "true":
+        return "CI=true"
+    if os.environ.get("LFM2_REQUIRE_CORE") == "1":
+        return "LFM2_REQUIRE_CORE=1 (scripts/test.sh builds the core)"
+    if gpu_visible():
+        return "a GPU is visible"
+    return None
+
+
+def import_core():
+    """lfm2engine._core; a module-level skip only where core_required() allows it."""
+    try:
+        from lfm2engine import _core
+    except ImportError as e:
+        why = core_required()
+        if why:
+            pytest.fail(f"lfm2engine._core does not import ({e}); {why}, so a broken build fails instead of "
+                        "skipping", pytrace=False)
+        pytest.skip(f"lfm2engine._core is not built ({e})", allow_module_level=True)
+    return _core
+
+
+def cuda_missing(core) -> str | None:
+    """Why CUDA tests cannot run here (None: they run). A build without CUDA, or a CUDA build that
+    sees no device, on a host where a GPU is visible fails instead of skipping."""
+    why = (not core.has_cuda() and "lfm2engine was built without CUDA (no nvcc at build time)") or (
+        core.cuda.device_count() == 0 and "no CUDA GPU is visible (_core.cuda.device_count() == 0)") or None
+    if why and gpu_visible():
+        pytest.fail(f"{why}, but /dev/nvidia* exists: rebuild with LFM2_CUDA=ON (CUDA tests must not skip on a "
+                    "GPU host)", pytrace=False)
+    return why

@@ -161,3 +161,50 @@ def test_replace_still_checks_num_dense_layers():
     c = LFM2Config.from_dict(LFM2_8B_A1B)
     with pytest.raises(ConfigError, match="num_dense_layers must be >= 0"):
         c.replace(num_dense_layers=-1)
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("change, words", [
+    (dict(norm_eps=INF), "norm_eps must be a finite number"),
+    (dict(norm_eps=NAN), "norm_eps must be a finite number"),
+    (dict(norm_eps=1e39), "norm_eps must be a finite number \\(float32\\)"),
+    (dict(norm_eps=1e-40), "norm_eps must be a positive normal float32"),
+    (dict(norm_eps=True), "norm_eps must be a finite number"),
+    (dict(norm_eps="1e-5"), "norm_eps must be a finite number"),
+    (dict(rope_parameters={"rope_type": "default", "rope_theta": NAN}), "rope_theta must be a finite number"),
+    (dict(rope_parameters={"rope_type": "default", "rope_theta": -INF}), "rope_theta must be a finite number"),
+    (dict(routed_scaling_factor=INF), "routed_scaling_factor must be a finite number"),
+    (dict(routed_scaling_factor=False), "routed_scaling_factor must be a finite number"),
+    (dict(num_experts=True), "num_experts must be an integer"),
+    (dict(num_key_value_heads=True), "num_key_value_heads must be a positive integer"),
+    (dict(intermediate_size=7.0), "intermediate_size must be a positive integer"),
+    (dict(max_position_embeddings=1e5), "max_position_embeddings must be a positive integer"),
+    (dict(bos_token_id=True), "bos_token_id True is not a token id"),
+    (dict(pad_token_id=0.5), "pad_token_id 0.5 is not a token id"),
+    (dict(eos_token_id=[7, "8"]), "eos_token_id '8' is not a token id"),
+    (dict(use_expert_bias="false"), "use_expert_bias must be true or false"),
+    (dict(norm_topk_prob=1), "norm_topk_prob must be true or false"),
+    (dict(tie_word_embeddings=0), "tie_word_embeddings must be true or false"),
+    (dict(tie_embedding="yes"), "tie_embedding must be true or false"),
+    (dict(conv_bias="false"), "conv_bias must be true or false"),
+    (dict(dtype=16), "dtype must be a string"),
+    (dict(num_experts=2**63), "num_experts 9223372036854775808 exceeds 65536"),
+    (dict(num_hidden_layers=2**63), "num_hidden_layers .* exceeds 65536"),
+    (dict(moe_intermediate_size=2**40), "moe_intermediate_size .* exceeds 2147483647"),
+])
+def test_non_finite_and_mistyped_numbers(change, words):
+    """Issue 16 item 2: NaN/Inf, booleans or strings where numbers belong, booleans as numbers,
+    and values that make a norm meaningless are ConfigErrors (naming the key), never silent."""
+    with pytest.raises(ConfigError, match=words):
+        LFM2Config.from_dict(dict(LFM2_8B_A1B, **change))
+
+
+def test_dense_multiplier_must_be_finite():
+    d = {"model_type": "lfm2", "vocab_size": 40, "hidden_size": 16, "num_hidden_layers": 2,
+         "num_attention_heads": 2, "intermediate_size": 30}
+    LFM2Config.from_dict(dict(d, block_ffn_dim_multiplier=None))  # null: no multiplier (legal)
+    for v in (NAN, INF, "2", True):
+        with pytest.raises(ConfigError, match="block_ffn_dim_multiplier must be a finite number"):
+            LFM2Config.from_dict(dict(d, block_ffn_dim_multiplier=v))

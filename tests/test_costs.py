@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -434,56 +435,58 @@ def test_bad_config_files(tmp_path):
         costs.parse_config(str(tmp_path / "list.json"))
     with pytest.raises(ConfigError, match="no shipped config"):
         costs.shipped_config_path("gpt-5")
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="must be a path, a shipped name or a dict, found int"):
         costs.parse_config(42)
 
 
 @pytest.mark.parametrize(
-    "call",
+    "call, match",
     [
-        lambda: costs.model_cost(LFM2, batch=-1),
-        lambda: costs.model_cost(LFM2, seq=0),
-        lambda: costs.model_cost(LFM2, seq=2.5),
-        lambda: costs.model_cost(LFM2, layer=24),
-        lambda: costs.model_cost(LFM2, layer=-1),
-        lambda: costs.model_cost(LFM2, dtype_bytes=0),
-        lambda: costs.model_cost(LFM2, optimizer="lion"),
-        lambda: costs.model_cost({k: v for k, v in shipped("llama-7b").items() if k != "max_position_embeddings"}),
-        lambda: costs.plan(0),
-        lambda: costs.plan(-5e6),
-        lambda: costs.plan(5e6, mfu=1.5),
-        lambda: costs.plan(5e6, mfu=0),
-        lambda: costs.plan(5e6, gpus=[]),
-        lambda: costs.plan(5e6, gpus=["A100:4"]),
-        lambda: costs.plan(5e6, gpus=["A100:four:312"]),
-        lambda: costs.plan(5e6, gpus=[("A100", -4.0, 312.0)]),
-        lambda: costs.plan(5e6, gpus=[("A100", 4.0, 0.0)]),
-        lambda: costs.finetune_memory(hidden=0),
-        lambda: costs.finetune_memory(layers=-2),
-        lambda: costs.finetune_memory(rank=-8),
-        lambda: costs.finetune_memory(top=33, layers=32),
-        lambda: costs.finetune_memory(lora_targets=("q", "gate")),
-        lambda: costs.finetune_memory(lora_targets="q,q"),
-        lambda: costs.finetune_memory(vera_targets=()),
-        lambda: costs.bubble_fraction(0, 8),
-        lambda: costs.bubble_fraction(4, -1),
-        lambda: costs.zero_memory_per_device(-1, 8, 1),
-        lambda: costs.zero_memory_per_device(10, 8, 4),
-        lambda: costs.parallel_cost(LFM2, dp=0),
-        lambda: costs.parallel_cost(LFM2, microbatches=0),
-        lambda: costs.parallel_cost(LFM2, seq=-1),
-        lambda: costs.inference_cost(LFM2, device="tpu"),
-        lambda: costs.inference_cost(LFM2, device=None, bandwidth=1e12),
-        lambda: costs.inference_cost(LFM2, bandwidth=-1.0),
-        lambda: costs.inference_cost(LFM2, context=-1),
-        lambda: costs.inference_cost(LFM2, batch=0),
-        lambda: costs.inference_cost(LFM2, weight_bytes=0),
-        lambda: costs.inference_cost(LFM2, batches=[1, 0]),
-        lambda: costs.llama_config_for_params(-1),
+        (lambda: costs.model_cost(LFM2, batch=-1), 'batch must be >= 1, found -1'),
+        (lambda: costs.model_cost(LFM2, seq=0), 'seq must be >= 1, found 0'),
+        (lambda: costs.model_cost(LFM2, seq=2.5), 'seq must be an integer, found 2.5'),
+        (lambda: costs.model_cost(LFM2, layer=24), 'layer 24 is out of range: lfm2-8b-a1b has'),
+        (lambda: costs.model_cost(LFM2, layer=-1), 'layer must be >= 0, found -1'),
+        (lambda: costs.model_cost(LFM2, dtype_bytes=0), 'dtype_bytes must be >= 1, found 0'),
+        (lambda: costs.model_cost(LFM2, optimizer="lion"), "optimizer must be 'adam' or 'sgd', found 'lion'"),
+        (lambda: costs.model_cost({k: v for k, v in shipped("llama-7b").items() if k != "max_position_embeddings"}),
+         "no max_position_embeddings in the"),
+        (lambda: costs.plan(0), 'budget (dollars) must be > 0, found 0'),
+        (lambda: costs.plan(-5e6), 'budget (dollars) must be > 0, found -5000000.0'),
+        (lambda: costs.plan(5e6, mfu=1.5), 'mfu must be <= 1, found 1.5'),
+        (lambda: costs.plan(5e6, mfu=0), 'mfu must be > 0, found 0'),
+        (lambda: costs.plan(5e6, gpus=[]), 'plan needs at least one GPU option'),
+        (lambda: costs.plan(5e6, gpus=["A100:4"]), "GPU option 'A100:4' must look like"),
+        (lambda: costs.plan(5e6, gpus=["A100:four:312"]), "GPU option 'A100:four:312': cost and TFLOP/s"),
+        (lambda: costs.plan(5e6, gpus=[("A100", -4.0, 312.0)]), 'A100 price ($/h) must be > 0, found -4.0'),
+        (lambda: costs.plan(5e6, gpus=[("A100", 4.0, 0.0)]), 'A100 peak TFLOP/s must be > 0, found 0.0'),
+        (lambda: costs.finetune_memory(hidden=0), 'hidden must be >= 1, found 0'),
+        (lambda: costs.finetune_memory(layers=-2), 'layers must be >= 1, found -2'),
+        (lambda: costs.finetune_memory(rank=-8), 'rank must be >= 1, found -8'),
+        (lambda: costs.finetune_memory(top=33, layers=32), 'top 33 exceeds the number of layers 32'),
+        (lambda: costs.finetune_memory(lora_targets=("q", "gate")), 'lora_targets must be a non-empty subset of q,'),
+        (lambda: costs.finetune_memory(lora_targets="q,q"), "lora_targets lists a projection twice: ['q',"),
+        (lambda: costs.finetune_memory(vera_targets=()), 'vera_targets must be a non-empty subset of q,'),
+        (lambda: costs.bubble_fraction(0, 8), 'stages must be >= 1, found 0'),
+        (lambda: costs.bubble_fraction(4, -1), 'microbatches must be >= 1, found -1'),
+        (lambda: costs.zero_memory_per_device(-1, 8, 1), 'params must be >= 1, found -1'),
+        (lambda: costs.zero_memory_per_device(10, 8, 4), 'ZeRO stage must be 0, 1, 2 or 3, found 4'),
+        (lambda: costs.parallel_cost(LFM2, dp=0), 'dp must be >= 1, found 0'),
+        (lambda: costs.parallel_cost(LFM2, microbatches=0), 'microbatches must be >= 1, found 0'),
+        (lambda: costs.parallel_cost(LFM2, seq=-1), 'seq must be >= 1, found -1'),
+        (lambda: costs.inference_cost(LFM2, device="tpu"), "unknown device 'tpu'; known: h100, h200, a100"),
+        (lambda: costs.inference_cost(LFM2, device=None, bandwidth=1e12),
+         "give a device name or both a bandwidth and a"),
+        (lambda: costs.inference_cost(LFM2, bandwidth=-1.0), 'bandwidth (bytes/s) must be > 0, found -1.0'),
+        (lambda: costs.inference_cost(LFM2, context=-1), 'context must be >= 0, found -1'),
+        (lambda: costs.inference_cost(LFM2, batch=0), 'batch must be >= 1, found 0'),
+        (lambda: costs.inference_cost(LFM2, weight_bytes=0), 'weight_bytes must be >= 1, found 0'),
+        (lambda: costs.inference_cost(LFM2, batches=[1, 0]), 'batches entry must be >= 1, found 0'),
+        (lambda: costs.llama_config_for_params(-1), 'N must be > 0, found -1'),
     ],
 )
-def test_bad_arguments_raise_input_error(call):
-    with pytest.raises(InputError):
+def test_bad_arguments_raise_input_error(call, match):
+    with pytest.raises(InputError, match=re.escape(match)):
         call()
 
 

@@ -155,5 +155,5 @@ def test_bad_engine_arguments(hf_ckpt):
     from lfm2engine import _core
 
     if not _core.has_cuda() or _core.cuda.device_count() == 0:
-        with pytest.raises(BackendError):
+        with pytest.raises(BackendError, match="device='cuda': (lfm2engine was built without CUDA|no CUDA GPU)"):
             Engine.from_pretrained(hf_ckpt("moe_a"), device="cuda")

@@ -10,9 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from hf_oracle import CONFIGS
+from helpers import import_core
 from lfm2engine import Engine
 
-_core = pytest.importorskip("lfm2engine._core")
+_core = import_core()
 
 
 def python_path(eng: Engine) -> Engine:
@@ -82,7 +83,7 @@ def test_fused_rejects_bad_rows(hf_ckpt):
             None,
             np.array([2], np.int32),
         )
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="argument 'out_rows' has dtype int64"):
         m.forward(
             ids,
             z,

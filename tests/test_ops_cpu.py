@@ -1,4 +1,5 @@
-"""Every CPU op of lfm2engine._core.cpu against the NumPy reference (python/lfm2engine/reference.py).
+"""The CPU backend's own op tests: what tests/test_ops.py (every op case on every backend against the
+NumPy reference, at every SIMD level) does not cover.
 
 Shapes: tiny, awkward (not multiples of the SIMD width, T = 1, prime T, odd head counts) and the
 real LFM2-8B-A1B sizes (D=2048, H=32, Hkv=8, Dh=64, F=7168, Fe=1792, E=32, K=4, L=3, V=65536;
@@ -14,18 +15,18 @@ import os
 
 import numpy as np
 import pytest
-from helpers import as_weight, assert_close, bf16_bits, bf16_to_f32, weight_as_f64
+from helpers import as_weight, assert_close, bf16_bits, bf16_to_f32, import_core, weight_as_f64
 from lfm2engine import reference as ref
+from lfm2engine.backends import cases
+from lfm2engine.backends.cases import SHAPES, WDTYPES, i32, rand
 
-_core = pytest.importorskip("lfm2engine._core")
+_core = import_core()
 cpu = _core.cpu
 
 ALL_LEVELS = ("avx512", "avx2", "scalar")
 LEVELS = ALL_LEVELS[ALL_LEVELS.index(_core.detected_simd_level()) :]
-WDTYPES = ("float32", "bfloat16", "float16")
-
 # LFM2-8B-A1B
-D, H, HKV, DH, F, FE, E, K, L, V = 2048, 32, 8, 64, 7168, 1792, 32, 4, 3, 65536
+D, H, HKV, DH, F, FE, E, K, L, V = (getattr(cases.LFM2_8B, n) for n in "D H HKV DH F FE E K L V".split())
 
 
 @pytest.fixture(autouse=True)
@@ -40,14 +41,6 @@ def level(request):
     _core.set_simd_level(request.param)
     assert _core.simd_level() == request.param
     return request.param
-
-
-def rand(rng, *shape, scale=1.0):
-    return rng.standard_normal(shape, dtype=np.float32) * np.float32(scale)
-
-
-def i32(a):
-    return np.ascontiguousarray(a, dtype=np.int32)
 
 
 # ----------------------------------------------------------------------------- module surface
@@ -98,7 +91,7 @@ def test_cuda_submodule_without_gpu_is_safe():
         if n > 0:
             assert _core.cuda.selftest(0, 1000) == 0.0
         else:
-            with pytest.raises(IndexError):
+            with pytest.raises(IndexError, match="device 0 does not exist"):
                 _core.cuda.device_info(0)
     else:
         with pytest.raises(RuntimeError, match="built without CUDA"):
@@ -134,22 +127,56 @@ def test_stub_lists_every_binding():
     assert sub["cuda"] == public(_core.cuda)
 
 
+# Ops of one backend's table without a twin in the other: name -> why. Empty: every op has both.
+CPU_ONLY_OPS: dict[str, str] = {}
+CUDA_ONLY_OPS: dict[str, str] = {}
+
+
+def _stub_signatures():
+    """{"cpu" | "cuda": {op: [(argument name, has a default)]}} from python/lfm2engine/_core.pyi."""
+    import lfm2engine
+
+    path = os.path.join(os.path.dirname(lfm2engine.__file__), "_core.pyi")
+    with open(path) as f:
+        tree = ast.parse(f.read())
+    out = {}
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name in ("cpu", "cuda"):
+            out[node.name] = {}
+            for fn in node.body:
+                if isinstance(fn, ast.FunctionDef):
+                    args = fn.args.args
+                    first_default = len(args) - len(fn.args.defaults)
+                    out[node.name][fn.name] = [(a.arg, i >= first_default) for i, a in enumerate(args)]
+    return out
+
+
+def test_op_tables_are_twins():
+    """The op tables (csrc/bindings/op_table.h, exposed as _ops): every CPU op has its CUDA twin
+    with the same argument names, unless listed above; both tables match _core.pyi, argument
+    names and None defaults included (the CPU signature line says which arguments have one)."""
+    import re
+
+    cpu_ops, cuda_ops = dict(cpu._ops), dict(_core.cuda._ops)
+    assert "qkv_split" in cpu_ops and "gemm" in cuda_ops
+    assert set(CPU_ONLY_OPS) <= set(cpu_ops) and set(CUDA_ONLY_OPS) <= set(cuda_ops)
+    assert set(cpu_ops) - set(CPU_ONLY_OPS) == set(cuda_ops) - set(CUDA_ONLY_OPS)
+    stubs = _stub_signatures()
+    for name, args in cpu_ops.items():
+        assert callable(getattr(cpu, name)) and callable(getattr(_core.cuda, name)), name
+        if name in cuda_ops:
+            assert cuda_ops[name] == args, f"{name}: CPU {args} vs CUDA {cuda_ops[name]}"
+        sig = cpu.__dict__[name].__doc__.splitlines()[0]
+        defaults = set(re.findall(r"(\w+): [^,()]+ = None", sig))
+        want = [(a, a in defaults) for a in args]
+        assert stubs["cpu"][name] == want, f"_core.pyi cpu.{name}: {stubs['cpu'][name]} vs table {want}"
+        if name in cuda_ops:
+            assert stubs["cuda"][name] == want, f"_core.pyi cuda.{name}: {stubs['cuda'][name]} vs table {want}"
+    for name, args in cuda_ops.items():
+        assert [a for a, _ in stubs["cuda"][name]] == list(args), name
+
+
 # ----------------------------------------------------------------------------- gemm
-
-GEMM_SHAPES = [(1, 1, 1), (1, 7, 5), (3, 17, 33), (13, 31, 47), (2, 16, 16), (5, 9, 100), (31, 45, 129), (1, 64, 2048),
-               (13, 21, 1037), (8, 12, 1536)]  # the last two: K-blocked tiles
-
-
-@pytest.mark.parametrize("wdtype", WDTYPES)
-@pytest.mark.parametrize("t,n,k", GEMM_SHAPES)
-def test_gemm_matches_reference(level, wdtype, t, n, k, rng):
-    x = rand(rng, t, k)
-    w = as_weight(rand(rng, n, k), wdtype)
-    out = np.full((t, n), np.nan, np.float32)
-    cpu.gemm(out, x, w)
-    want = ref.gemm(x.astype(np.float64), weight_as_f64(w))
-    assert_close(out, want, k=k, name=f"gemm {level} {wdtype} T={t} N={n} K={k}")
-
 
 @pytest.mark.parametrize("wdtype", WDTYPES)
 @pytest.mark.parametrize("t,n,k", [(1, F, D), (3, D, F), (4, 2 * FE, D), (2, D, FE)])
@@ -231,7 +258,7 @@ def bf16_dot_mode():
 
 
 @needs_bf16_dot
-@pytest.mark.parametrize("t,n,k", GEMM_SHAPES + [(7, 13, 31), (3, 5, 33), (9, 300, 256)])
+@pytest.mark.parametrize("t,n,k", SHAPES["gemm"] + [(7, 13, 31), (3, 5, 33), (9, 300, 256)])
 def test_gemm_bf16_dot_matches_rounded_reference(bf16_dot_mode, t, n, k, rng):
     """bf16-dot mode = the exact product of bf16-rounded x and bf16 w, up to fp32 accumulation;
     and it is really on: the exact-x reference is farther away than rounding x explains."""
@@ -280,17 +307,6 @@ def test_gemm_column_invariance(level, rng):
 # ----------------------------------------------------------------------------- embedding
 
 
-@pytest.mark.parametrize("wdtype", WDTYPES)
-@pytest.mark.parametrize("v,d,t", [(1, 1, 1), (97, 40, 7), (131, 33, 13), (64, 2048, 3)])
-def test_embedding_matches_reference(level, wdtype, v, d, t, rng):
-    table = as_weight(rand(rng, v, d), wdtype)
-    ids = i32(rng.integers(0, v, t))
-    ids[0] = v - 1
-    out = np.empty((t, d), np.float32)
-    cpu.embedding(out, table, ids)
-    assert np.array_equal(out, ref.embedding(weight_as_f64(table), ids).astype(np.float32))
-
-
 def test_embedding_real_vocab(head_bf16):
     _, table = head_bf16
     ids = i32([0, 1, 65535, 4099, 33333, 65535, 7])
@@ -311,19 +327,6 @@ def test_embedding_rejects_bad_id(bad):
 # ----------------------------------------------------------------------------- rmsnorm
 
 
-@pytest.mark.parametrize("r,d", [(1, 1), (3, 5), (7, 33), (13 * 32, DH), (5, D), (1, F)])
-def test_rmsnorm_matches_reference(level, r, d, rng):
-    x = rand(rng, r, d, scale=3.0)
-    w = rand(rng, d)
-    out = np.empty_like(x)
-    cpu.rmsnorm(out, x, w, 1e-5)
-    want = ref.rmsnorm(x.astype(np.float64), w.astype(np.float64), 1e-5)
-    assert_close(out, want, k=d, name=f"rmsnorm {level} {r}x{d}")
-    inplace = x.copy()
-    cpu.rmsnorm(inplace, inplace, w, 1e-5)
-    assert np.array_equal(inplace, out), "in place must equal out of place"
-
-
 def test_rmsnorm_row_invariance(level, rng):
     x = rand(rng, 29, 200)
     w = rand(rng, 200)
@@ -342,39 +345,42 @@ def test_rmsnorm_row_invariance(level, rng):
 # ----------------------------------------------------------------------------- rope
 
 
-@pytest.mark.parametrize("theta", [1e6, 1e4])
-@pytest.mark.parametrize("t,h,dh", [(1, 1, 2), (5, 3, 6), (7, 5, 40), (13, H, DH), (3, HKV, DH)])
-def test_rope_matches_reference(level, theta, t, h, dh, rng):
-    x = rand(rng, t, h, dh)
-    pos = i32(rng.integers(0, 40000, t))
-    pos[0] = 0
-    want = ref.rope(x, pos, theta)  # float32, cos/sin from double, as the op
-    got = x.copy()
-    cpu.rope(got, pos, theta)
-    assert_close(got, want, k=1, factor=2.0, name=f"rope {level}")
-    assert np.array_equal(got[0], x[0]), "position 0 is the identity"
-
-
 def test_rope_rejects_odd_head_dim():
     with pytest.raises(ValueError, match="must be even"):
         cpu.rope(np.zeros((2, 3, 5), np.float32), i32([0, 1]), 1e6)
 
 
+# ----------------------------------------------------------------------------- qkv_split
+
+
+def test_qkv_split_is_the_engines_and_checks(rng):
+    from lfm2engine.backends import get_backend
+
+    assert get_backend("cpu").ops.qkv_split is cpu.qkv_split  # the C++ op, no Python stand-in
+    q, k, v = np.empty((2, 4, 3), np.float32), np.empty((2, 2, 3), np.float32), np.empty((2, 2, 3), np.float32)
+    qkv = rand(rng, 2, 24)
+    with pytest.raises(ValueError, match="argument 'qkv' has shape"):
+        cpu.qkv_split(q, k, v, rand(rng, 2, 25))
+    with pytest.raises(ValueError, match="argument 'v'"):
+        cpu.qkv_split(q, k, np.empty((2, 1, 3), np.float32), qkv)
+    with pytest.raises(ValueError, match="argument 'k'"):
+        cpu.qkv_split(q, np.empty((2, 2, 4), np.float32), v, qkv)
+    with pytest.raises(TypeError, match="argument 'qkv'"):
+        cpu.qkv_split(q, k, v, qkv.astype(np.float16))
+    buf = np.zeros(12, np.float32)
+    with pytest.raises(ValueError, match="overlaps"):
+        cpu.qkv_split(q, buf.reshape(2, 2, 3), buf.reshape(2, 2, 3), qkv)
+
+
 # ----------------------------------------------------------------------------- kv cache + attention
 
 
-def test_kv_write_scatters_and_checks(rng):
+def test_kv_write_checks(rng):
     b, hkv, smax, dh, t = 3, 2, 11, 6, 5
-    kc = np.zeros((b, hkv, smax, dh), np.float32)
+    kc = rand(rng, b, hkv, smax, dh)
     vc = np.zeros_like(kc)
     k, v = rand(rng, t, hkv, dh), rand(rng, t, hkv, dh)
     seq, pos = i32([0, 0, 2, 1, 2]), i32([0, 1, 10, 4, 3])
-    cpu.kv_write(kc, vc, k, v, seq, pos)
-    kw, vw = np.zeros_like(kc), np.zeros_like(vc)
-    for i in range(t):
-        kw[seq[i], :, pos[i]] = k[i]
-        vw[seq[i], :, pos[i]] = v[i]
-    assert np.array_equal(kc, kw) and np.array_equal(vc, vw)
     before = kc.copy()
     with pytest.raises(IndexError, match="pos"):
         cpu.kv_write(kc, vc, k, v, seq, i32([0, 1, 11, 4, 3]))
@@ -383,65 +389,8 @@ def test_kv_write_scatters_and_checks(rng):
     assert np.array_equal(kc, before), "a rejected write must not touch the cache"
 
 
-def attention_ref(q, kc, vc, seq, pos, mask=None):
-    """float64 reference: reference.attention per token over its visible cache rows."""
-    out = np.empty(q.shape, np.float64)
-    for t in range(q.shape[0]):
-        vis = np.nonzero(mask[t])[0] if mask is not None else np.arange(pos[t] + 1)
-        if len(vis) == 0:
-            out[t] = 0.0
-            continue
-        k = kc[seq[t]][:, vis].transpose(1, 0, 2).astype(np.float64)  # [Hkv, S, Dh] -> [S, Hkv, Dh]
-        v = vc[seq[t]][:, vis].transpose(1, 0, 2).astype(np.float64)
-        out[t] = ref.attention(q[t : t + 1].astype(np.float64), k, v, np.array([len(vis) - 1]))[0]
-    return out
-
-
-def make_attention_case(rng, t, h, hkv, dh, b, smax):
-    q = rand(rng, t, h, dh)
-    kc, vc = rand(rng, b, hkv, smax, dh), rand(rng, b, hkv, smax, dh)
-    seq = i32(rng.integers(0, b, t))
-    pos = i32(rng.integers(0, smax, t))
-    pos[0] = 0
-    return q, kc, vc, seq, pos
-
-
-ATTN_SHAPES = [
-    (1, 1, 1, 1, 1, 1),
-    (7, 6, 3, 20, 2, 37),
-    (5, 5, 1, 24, 3, 19),
-    (11, 3, 3, 8, 1, 50),
-    (3, H, HKV, DH, 2, 300),
-]
-
-
-@pytest.mark.parametrize("t,h,hkv,dh,b,smax", ATTN_SHAPES)
-def test_attention_causal_matches_reference(level, t, h, hkv, dh, b, smax, rng):
-    q, kc, vc, seq, pos = make_attention_case(rng, t, h, hkv, dh, b, smax)
-    out = np.full_like(q, np.nan)
-    cpu.attention(out, q, kc, vc, seq, pos)
-    assert_close(out, attention_ref(q, kc, vc, seq, pos), k=dh, factor=8.0, name=f"attention {level}")
-
-
-@pytest.mark.parametrize("t,h,hkv,dh,b,smax", ATTN_SHAPES[1:])
-def test_attention_mask_matches_reference(level, t, h, hkv, dh, b, smax, rng):
-    q, kc, vc, seq, pos = make_attention_case(rng, t, h, hkv, dh, b, smax)
-    mask = (rng.random((t, smax)) < 0.4).astype(np.uint8)
-    mask[np.arange(t), pos] = 1
-    mask[-1] = 0  # nothing visible -> zeros
-    out = np.full_like(q, np.nan)
-    cpu.attention(out, q, kc, vc, seq, pos, mask)
-    assert_close(out, attention_ref(q, kc, vc, seq, pos, mask), k=dh, factor=8.0, name=f"masked attention {level}")
-    assert (out[-1] == 0).all()
-    causal = (np.arange(smax)[None, :] <= pos[:, None]).astype(np.uint8)
-    a, c = np.empty_like(q), np.empty_like(q)
-    cpu.attention(a, q, kc, vc, seq, pos, causal)
-    cpu.attention(c, q, kc, vc, seq, pos)
-    assert np.array_equal(a, c), "a causal mask must give the causal path's bits"
-
-
 def test_attention_token_invariance(level, rng):
-    q, kc, vc, seq, pos = make_attention_case(rng, 9, 8, 2, 64, 2, 100)
+    _, q, kc, vc, seq, pos, _ = cases.attention(rng, 9, 8, 2, 64, 2, 100).args
     full = np.empty_like(q)
     cpu.attention(full, q, kc, vc, seq, pos)
     for t in range(9):
@@ -467,46 +416,6 @@ def test_attention_checks():
 
 
 # ----------------------------------------------------------------------------- shortconv
-
-
-def shortconv_ref(bcx, conv_w, state, seq):
-    """reference.shortconv applied to each sequence's run; returns (out, new_state, u)."""
-    d = bcx.shape[1] // 3
-    out = np.empty((bcx.shape[0], d), np.float32)
-    state = state.copy()
-    t = 0
-    while t < len(seq):
-        e = t
-        while e < len(seq) and seq[e] == seq[t]:
-            e += 1
-        out[t:e], state[seq[t]] = ref.shortconv(bcx[t:e], conv_w, state[seq[t]])
-        t = e
-    return out, state, bcx[:, :d] * bcx[:, 2 * d :]
-
-
-@pytest.mark.parametrize(
-    "d,lk,seq",
-    [
-        (1, 1, [0]),
-        (5, 3, [0]),
-        (40, 3, [0, 0, 0, 0, 0, 0, 0]),
-        (33, 3, [2, 2, 2, 0, 1, 1, 3]),  # batched prefill: runs of 3, 1, 2, 1
-        (300, 4, [1, 0, 0, 0, 0, 0, 2, 2]),
-        (D, L, [0, 1, 2, 3, 4]),  # batched decode
-        (D, L, [3] * 13 + [1] * 2),
-    ],
-)
-def test_shortconv_matches_reference_exactly(level, d, lk, seq, rng):
-    seq = i32(seq)
-    b = int(seq.max()) + 1
-    bcx, conv_w = rand(rng, len(seq), 3 * d), rand(rng, d, lk)
-    state = rand(rng, b, lk - 1, d)
-    want_out, want_state, want_u = shortconv_ref(bcx, conv_w, state, seq)
-    out, u = np.full((len(seq), d), np.nan, np.float32), np.empty((len(seq), d), np.float32)
-    cpu.shortconv(out, bcx, conv_w, state, seq, u)
-    assert np.array_equal(out, want_out)
-    assert np.array_equal(state, want_state)
-    assert np.array_equal(u, want_u)
 
 
 def test_shortconv_prefill_equals_decode(level, rng):
@@ -538,91 +447,19 @@ def test_shortconv_checks(rng):
 # ----------------------------------------------------------------------------- swiglu
 
 
-@pytest.mark.parametrize("t,f", [(1, 1), (3, 7), (17, 33), (2, F), (5, FE)])
-def test_swiglu_matches_reference(level, t, f, rng):
-    gu = rand(rng, t, 2 * f, scale=4.0)
-    gu[0, 0] = -100.0  # exp overflow side
-    gu[-1, f - 1] = 90.0
-    out = np.empty((t, f), np.float32)
-    cpu.swiglu(out, gu)
-    g64 = gu.astype(np.float64)
-    want = ref.swiglu(g64[:, :f], g64[:, f:])
-    assert_close(out, want, k=1, factor=8.0, name=f"swiglu {level}")
-
-
 # ----------------------------------------------------------------------------- moe
 
 
-@pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize(
-    "t,e,k,norm,scale",
-    [(1, 6, 3, True, 1.0), (17, E, K, True, 1.0), (5, 7, 2, False, 1.5), (13, 5, 1, True, 2.0), (3, 4, 4, True, 1.0)],
-)
-def test_moe_route_matches_reference(bias, t, e, k, norm, scale, rng):
-    logits = rand(rng, t, e, scale=2.0)
-    b = rand(rng, e, scale=0.5) if bias else None
-    ids, w = np.empty((t, k), np.int32), np.empty((t, k), np.float32)
-    cpu.moe_route(ids, w, logits, b, norm, scale)
-    want_ids, want_w = ref.moe_route(logits, b, k, norm, scale)
-    assert np.array_equal(ids, want_ids)
-    assert_close(w, want_w, k=k, factor=2.0, name="route weights")
-
-
-def test_moe_route_ties_go_to_lower_id():
-    logits = np.zeros((2, 8), np.float32)  # all scores equal
-    bias = np.zeros(8, np.float32)
-    bias[[5, 6]] = 0.25  # two equal winners, then ties among the rest
-    ids, w = np.empty((2, 4), np.int32), np.empty((2, 4), np.float32)
-    cpu.moe_route(ids, w, logits, bias, True, 1.0)
-    assert ids.tolist() == [[5, 6, 0, 1]] * 2
-    want_ids, want_w = ref.moe_route(logits, bias, 4, True, 1.0)
-    assert np.array_equal(ids, want_ids) and np.allclose(w, want_w, rtol=1e-7)
+def test_moe_route_rejects_k_above_e():
+    logits = np.zeros((2, 8), np.float32)
     with pytest.raises(ValueError, match="top-k"):
         cpu.moe_route(np.empty((2, 9), np.int32), np.empty((2, 9), np.float32), logits, None, True, 1.0)
-
-
-def expert_ref(x64, e, w13, w2):
-    fe = w2.shape[2]
-    gu = weight_as_f64(w13[e]) @ x64
-    return weight_as_f64(w2[e]) @ ref.swiglu(gu[:fe], gu[fe:])
-
-
-def make_experts(rng, e, d, fe, wdtype, used=None):
-    """w13 [E, 2Fe, D], w2 [E, D, Fe]; with `used`, only those experts are filled (the rest are
-    untouched, lazily allocated pages: the real E=32 stride without 1 GB of random numbers)."""
-    if used is None:
-        return (
-            as_weight(rand(rng, e, 2 * fe, d, scale=0.05), wdtype),
-            as_weight(rand(rng, e, d, fe, scale=0.05), wdtype),
-        )
-    dt = np.uint16 if wdtype == "bfloat16" else np.dtype(wdtype)
-    w13, w2 = np.empty((e, 2 * fe, d), dt), np.empty((e, d, fe), dt)
-    for i in used:
-        w13[i] = as_weight(rand(rng, 2 * fe, d, scale=0.05), wdtype)
-        w2[i] = as_weight(rand(rng, d, fe, scale=0.05), wdtype)
-    return w13, w2
-
-
-@pytest.mark.parametrize("wdtype", WDTYPES)
-def test_moe_expert_rows_matches_reference(level, wdtype, rng):
-    e, d, fe, n = 5, 24, 20, 11
-    w13, w2 = make_experts(rng, e, d, fe, wdtype)
-    x = rand(rng, n, d)
-    eids = i32(rng.integers(-1, e, n))
-    eids[:2] = [4, -1]
-    out = np.full((n, d), np.nan, np.float32)
-    cpu.moe_expert_rows(out, x, eids, w13, w2)
-    want = np.array(
-        [expert_ref(x[i].astype(np.float64), eids[i], w13, w2) if eids[i] >= 0 else np.zeros(d) for i in range(n)]
-    )
-    assert_close(out, want, k=d + fe, factor=8.0, name=f"expert rows {level} {wdtype}")
-    assert (out[eids < 0] == 0).all()
 
 
 @pytest.mark.parametrize("wdtype", ["bfloat16", "float32"])
 def test_moe_expert_rows_real_shapes(wdtype, rng):
     used = [0, 31]  # the first and last expert of the real E = 32 stride
-    w13, w2 = make_experts(rng, E, D, FE, wdtype, used)
+    w13, w2 = cases.experts(rng, E, D, FE, wdtype, used)
     x = rand(rng, 5, D)
     eids = i32([31, 0, -1, 0, 31])
     out = np.empty((5, D), np.float32)
@@ -638,7 +475,7 @@ def test_moe_expert_rows_real_shapes(wdtype, rng):
 def test_moe_expert_rows_batch_invariance(level, rng):
     """The EP/TP building block: a row's output is bit-identical however rows are grouped."""
     e, d, fe, n = 6, 40, 36, 23
-    w13, w2 = make_experts(rng, e, d, fe, "bfloat16")
+    w13, w2 = cases.experts(rng, e, d, fe, "bfloat16")
     x = rand(rng, n, d)
     eids = i32(rng.integers(-1, e, n))
     full = np.empty((n, d), np.float32)
@@ -658,30 +495,16 @@ def test_moe_expert_rows_batch_invariance(level, rng):
 
 
 def test_moe_expert_rows_rejects_bad_expert(rng):
-    w13, w2 = make_experts(rng, 3, 8, 4, "float32")
+    w13, w2 = cases.experts(rng, 3, 8, 4, "float32")
     with pytest.raises(IndexError, match="eids"):
         cpu.moe_expert_rows(np.empty((2, 8), np.float32), rand(rng, 2, 8), i32([0, 3]), w13, w2)
     with pytest.raises(ValueError, match="w13"):
         cpu.moe_expert_rows(np.empty((2, 8), np.float32), rand(rng, 2, 8), i32([0, 1]), w13[:, :7], w2)
 
 
-@pytest.mark.parametrize("wdtype", WDTYPES)
-@pytest.mark.parametrize("t,e,k,d,fe", [(1, 6, 3, 40, 24), (7, 5, 1, 48, 20), (13, 7, 2, 36, 28)])
-def test_moe_experts_matches_reference(level, wdtype, t, e, k, d, fe, rng):
-    w13, w2 = make_experts(rng, e, d, fe, wdtype)
-    x = rand(rng, t, d)
-    logits = rand(rng, t, e)
-    ids, w = ref.moe_route(logits, None, k, True, 1.0)
-    out = np.full((t, d), np.nan, np.float32)
-    cpu.moe_experts(out, x, i32(ids), w, w13, w2)
-    w13_64, w2_64 = weight_as_f64(w13), weight_as_f64(w2)
-    want = ref.moe_experts(x.astype(np.float64), ids, w.astype(np.float64), w13_64[:, :fe], w13_64[:, fe:], w2_64)
-    assert_close(out, want, k=d + fe, factor=8.0, name=f"moe_experts {level} {wdtype}")
-
-
 def test_moe_experts_skips_negative_ids_and_is_invariant(level, rng):
     t, e, k, d, fe = 9, 5, 3, 32, 16
-    w13, w2 = make_experts(rng, e, d, fe, "float32")
+    w13, w2 = cases.experts(rng, e, d, fe, "float32")
     x = rand(rng, t, d)
     ids = i32(rng.integers(0, e, (t, k)))
     ids[2, 1] = -1
@@ -701,30 +524,6 @@ def test_moe_experts_skips_negative_ids_and_is_invariant(level, rng):
         one = np.empty((1, d), np.float32)
         cpu.moe_experts(one, x[i : i + 1], ids[i : i + 1], w[i : i + 1], w13, w2)
         assert np.array_equal(one[0], out[i])
-
-
-# ----------------------------------------------------------------------------- argmax
-
-
-@pytest.mark.parametrize("t,v", [(1, 1), (3, 17), (5, 100), (2, V)])
-def test_argmax_matches_numpy(level, t, v, rng):
-    logits = rand(rng, t, v)
-    out = np.empty(t, np.int32)
-    cpu.argmax(out, logits)
-    assert np.array_equal(out, np.argmax(logits, axis=-1))
-
-
-def test_argmax_ties_nan_inf(level):
-    x = np.full((5, 40), -np.inf, np.float32)
-    x[0, [3, 20, 39]] = 7.0  # tie: first
-    x[1, [35, 39]] = 2.0  # tie inside the tail
-    x[2, 17] = np.nan  # NaN wins, as numpy
-    x[2, 30] = np.inf
-    x[2, 33] = np.nan
-    x[4, [0, 1]] = [-0.0, 0.0]
-    out = np.empty(5, np.int32)
-    cpu.argmax(out, x)
-    assert out.tolist() == np.argmax(x, axis=-1).tolist() == [3, 35, 17, 0, 0]
 
 
 # ----------------------------------------------------------------------------- convert (dtype.h)
@@ -797,7 +596,7 @@ def run_every_op(rng):
     x = rand(rng, 3, 5, 22)
     cpu.rope(x, i32([0, 9, 1000]), 1e6)
     r["rope"] = x
-    q, kc, vc, seq, pos = make_attention_case(rng, 5, 6, 2, 20, 2, 40)
+    _, q, kc, vc, seq, pos, _ = cases.attention(rng, 5, 6, 2, 20, 2, 40).args
     cpu.kv_write(kc, vc, rand(rng, 5, 2, 20), rand(rng, 5, 2, 20), seq, pos)
     r["kv_write"] = kc
     o = np.empty_like(q)
@@ -812,7 +611,7 @@ def run_every_op(rng):
     ids, wts = np.empty((6, 2), np.int32), np.empty((6, 2), np.float32)
     cpu.moe_route(ids, wts, rand(rng, 6, 5), rand(rng, 5), True, 1.0)
     r["moe_route"] = np.concatenate([ids.ravel(), wts.ravel()])
-    w13, w2 = make_experts(rng, 5, 24, 20, "float16")
+    w13, w2 = cases.experts(rng, 5, 24, 20, "float16")
     x = rand(rng, 6, 24)
     o = np.empty_like(x)
     cpu.moe_expert_rows(o, x, ids[:, 0].copy(), w13, w2)

@@ -5,6 +5,7 @@ known synthetic law, and rejection of bad input."""
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -72,23 +73,23 @@ def test_fit_recovers_a_synthetic_law():
 
 
 @pytest.mark.parametrize(
-    "call",
+    "call, match",
     [
-        lambda: ScalingLaw(A=-1.0),
-        lambda: ScalingLaw(alpha=0.0),
-        lambda: ScalingLaw(E=-0.1),
-        lambda: ScalingLaw(beta=float("nan")),
-        lambda: DEFAULT_LAW.loss(-5, 1e9),
-        lambda: DEFAULT_LAW.loss(1e9, 0),
-        lambda: optimal_allocation(-1.0),
-        lambda: optimal_allocation(0),
-        lambda: optimal_allocation("1e20"),
-        lambda: optimal_allocation_numeric(3.0),
-        lambda: fit([1, 2, 3], [1, 2, 3], [1, 2, 3]),
-        lambda: fit([1e9] * 5, [1e9] * 5, [2.0, 2.0, -1.0, 2.0, 2.0]),
-        lambda: fit([1e9] * 5, [1e9] * 4, [2.0] * 5),
+        (lambda: ScalingLaw(A=-1.0), 'A must be a finite number > 0, found -1.0'),
+        (lambda: ScalingLaw(alpha=0.0), 'alpha must be a finite number > 0, found 0.0'),
+        (lambda: ScalingLaw(E=-0.1), 'E must be a finite number >= 0, found -0.1'),
+        (lambda: ScalingLaw(beta=float("nan")), 'beta must be a finite number > 0, found nan'),
+        (lambda: DEFAULT_LAW.loss(-5, 1e9), 'N must be a finite number > 0, found -5'),
+        (lambda: DEFAULT_LAW.loss(1e9, 0), 'D must be a finite number > 0, found 0'),
+        (lambda: optimal_allocation(-1.0), 'compute C (FLOPs) must be a finite number > 0,'),
+        (lambda: optimal_allocation(0), 'compute C (FLOPs) must be a finite number > 0,'),
+        (lambda: optimal_allocation("1e20"), "compute C (FLOPs) must be a number, found '1e20'"),
+        (lambda: optimal_allocation_numeric(3.0), 'compute C = 3 FLOPs is too small: it must'),
+        (lambda: fit([1, 2, 3], [1, 2, 3], [1, 2, 3]), 'fit needs at least 5 observations for 5'),
+        (lambda: fit([1e9] * 5, [1e9] * 5, [2.0, 2.0, -1.0, 2.0, 2.0]), 'fit: every loss must be finite and > 0'),
+        (lambda: fit([1e9] * 5, [1e9] * 4, [2.0] * 5), 'fit needs three 1-D sequences of equal length,'),
     ],
 )
-def test_bad_input_is_rejected(call):
-    with pytest.raises(InputError):
+def test_bad_input_is_rejected(call, match):
+    with pytest.raises(InputError, match=re.escape(match)):
         call()

@@ -15,7 +15,8 @@ import pytest
 from lfm2engine import Engine, LFM2Config
 from lfm2engine.errors import InputError
 from lfm2engine.models import SHIPPED, held_out_text, model_dir, resolve_name, shipped_dir
-from lfm2engine.tokenizer import TextStream, load_tokenizer
+from lfm2engine.serve.request import TextTracker
+from lfm2engine.tokenizer import load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROMPT = "And God said"
@@ -83,8 +84,8 @@ def test_names_resolve(tmp_path, monkeypatch):
 def test_tokenizer_round_trip(tok, text):
     ids = tok.encode(text)
     assert tok.decode(ids) == text
-    stream = TextStream(tok)
-    pieces = "".join(stream.push(t) for t in ids) + stream.flush()
+    stream = TextTracker(tok, [])  # the incremental decoder of generate --prompt and of the server
+    pieces = "".join(stream.push(t) for t in ids) + stream.push(None)
     assert pieces == text  # streaming never splits a multi-byte character into garbage
 
 

@@ -1,9 +1,9 @@
 // _core.cuda: the CUDA backend. Device queries, the device tensor handle `Tensor`, `Graph`
 // (CUDA Graph capture), timing and allocator helpers, and every op of _core.cpu under the same
-// name and argument order, taking Tensor arguments (None for optional ones) instead of arrays.
-// Thin like register_cpu.cpp: arguments become views (a non-Tensor argument is a TypeError that
-// names it), the op checks shapes, the GIL is released while it enqueues work. Ops return at
-// once; Tensor.to_numpy() and synchronize() wait, and raise the device-side index errors.
+// name and argument order, generated from the table LFM2_CUDA_OPS (op_table.h) by op_binder.h,
+// taking Tensor arguments (None for optional ones) instead of arrays: a non-Tensor argument is a
+// TypeError that names it, the op checks shapes, the GIL is released while it enqueues work. Ops
+// return at once; Tensor.to_numpy() and synchronize() wait, and raise the device-side index errors.
 // The same names exist in every build; without CUDA compiled in each raises
 // lfm2engine.errors.BackendError (a RuntimeError) "lfm2engine was built without CUDA", so callers
 // check _core.has_cuda() first. With CUDA compiled and no GPU, device_count() is 0 and nothing
@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "numpy_view.h"
+#include "op_table.h"
 
 #ifdef LFM2_WITH_CUDA
 #include "cuda/device.h"
@@ -33,21 +34,8 @@ namespace {
 
 #ifdef LFM2_WITH_CUDA
 
-const char* dtype_str(DType d) {
-    switch (d) {
-        case DType::F32:
-            return "float32";
-        case DType::F16:
-            return "float16";
-        case DType::BF16:
-            return "bfloat16";
-        case DType::I32:
-            return "int32";
-        case DType::U8:
-            return "uint8";
-    }
-    return "?";
-}
+// Tensor.dtype names: dtype.h's, with plain "bfloat16".
+const char* dtype_str(DType d) { return d == DType::BF16 ? "bfloat16" : dtype_name(d); }
 
 // "float32" | "float16" | "bfloat16" | "int32" | "uint8", or anything numpy.dtype() accepts
 // (uint16 means bf16 bits, bool means uint8, as everywhere in _core).
@@ -91,13 +79,6 @@ const cuda::Tensor& as_tensor(const py::handle& obj, const char* op, const char*
                              std::string(py::str(py::type::handle_of(obj).attr("__name__"))) +
                              "; hint: _core.cuda.Tensor.from_numpy(array)");
     return obj.cast<const cuda::Tensor&>();
-}
-
-TensorView out_t(const py::handle& obj, const char* op, const char* name) {
-    return as_tensor(obj, op, name).view();
-}
-ConstTensorView in_t(const py::handle& obj, const char* op, const char* name) {
-    return as_tensor(obj, op, name).cview();
 }
 
 // Upload a host array into `dst` (same dtype and shape; any layout, made C-contiguous on the host).
@@ -245,186 +226,15 @@ void register_tensor(py::module_& m) {
         .def_property_readonly("ready", &cuda::Graph::ready);
 }
 
-void register_ops(py::module_& m) {
-    m.def(
-        "gemm",
-        [](py::object out, py::object x, py::object w) {
-            const char* op = "gemm";
-            auto o = out_t(out, op, "out");
-            auto xv = in_t(x, op, "x");
-            auto wv = in_t(w, op, "w");
-            py::gil_scoped_release nogil;
-            cuda::gemm(o, xv, wv);
-        },
-        py::arg("out"), py::arg("x"), py::arg("w"),
-        "gemm(out[T, N] f32, x[T, K] f32, w[N, K] f32|bf16|f16): out = x @ w.T, fp32 accumulation.\n"
-        "f16 weights use the Tensor Cores (x rounded to f16 per GEMM).");
-    m.def(
-        "embedding",
-        [](py::object out, py::object table, py::object ids) {
-            const char* op = "embedding";
-            auto o = out_t(out, op, "out");
-            auto tv = in_t(table, op, "table");
-            auto iv = in_t(ids, op, "ids");
-            py::gil_scoped_release nogil;
-            cuda::embedding(o, tv, iv);
-        },
-        py::arg("out"), py::arg("table"), py::arg("ids"),
-        "embedding(out[T, D] f32, table[V, D] f32|bf16|f16, ids[T] i32): out = table[ids].\n"
-        "A bad id raises IndexError at the next synchronization.");
-    m.def(
-        "rmsnorm",
-        [](py::object out, py::object x, py::object w, float eps) {
-            const char* op = "rmsnorm";
-            auto o = out_t(out, op, "out");
-            auto xv = in_t(x, op, "x");
-            auto wv = in_t(w, op, "w");
-            py::gil_scoped_release nogil;
-            cuda::rmsnorm(o, xv, wv, eps);
-        },
-        py::arg("out"), py::arg("x"), py::arg("w"), py::arg("eps"),
-        "rmsnorm(out[R, D] f32, x[R, D] f32, w[D] f32, eps): out = w * x / sqrt(mean(x^2) + eps); out may be x.");
-    m.def(
-        "rope",
-        [](py::object x, py::object positions, double theta) {
-            const char* op = "rope";
-            auto xv = out_t(x, op, "x");
-            auto pv = in_t(positions, op, "positions");
-            py::gil_scoped_release nogil;
-            cuda::rope(xv, pv, theta);
-        },
-        py::arg("x"), py::arg("positions"), py::arg("theta"),
-        "rope(x[T, H, Dh] f32, positions[T] i32, theta): in place NeoX RoPE.");
-    m.def(
-        "kv_write",
-        [](py::object k_cache, py::object v_cache, py::object k, py::object v, py::object seq, py::object pos) {
-            const char* op = "kv_write";
-            auto kc = out_t(k_cache, op, "k_cache");
-            auto vc = out_t(v_cache, op, "v_cache");
-            auto kv = in_t(k, op, "k");
-            auto vv = in_t(v, op, "v");
-            auto sv = in_t(seq, op, "seq");
-            auto pv = in_t(pos, op, "pos");
-            py::gil_scoped_release nogil;
-            cuda::kv_write(kc, vc, kv, vv, sv, pv);
-        },
-        py::arg("k_cache"), py::arg("v_cache"), py::arg("k"), py::arg("v"), py::arg("seq"), py::arg("pos"),
-        "kv_write(k_cache[B, Hkv, Smax, Dh], v_cache, k[T, Hkv, Dh], v, seq[T] i32, pos[T] i32).");
-    m.def(
-        "attention",
-        [](py::object out, py::object q, py::object k_cache, py::object v_cache, py::object seq, py::object pos,
-           py::object mask) {
-            const char* op = "attention";
-            auto o = out_t(out, op, "out");
-            auto qv = in_t(q, op, "q");
-            auto kc = in_t(k_cache, op, "k_cache");
-            auto vc = in_t(v_cache, op, "v_cache");
-            auto sv = in_t(seq, op, "seq");
-            auto pv = in_t(pos, op, "pos");
-            ConstTensorView mv;
-            const bool has_mask = !mask.is_none();
-            if (has_mask) mv = in_t(mask, op, "mask");
-            py::gil_scoped_release nogil;
-            cuda::attention(o, qv, kc, vc, sv, pv, has_mask ? &mv : nullptr);
-        },
-        py::arg("out"), py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("seq"), py::arg("pos"),
-        py::arg("mask") = py::none(),
-        "attention(out[T, H, Dh], q[T, H, Dh], k_cache[B, Hkv, Smax, Dh], v_cache, seq[T] i32, pos[T] i32,\n"
-        "mask[T, Smax] u8 | None): flash-style causal (or masked) GQA attention; H/Hkv <= 32, Dh <= 256.");
-    m.def(
-        "shortconv",
-        [](py::object out, py::object bcx, py::object conv_w, py::object state, py::object seq, py::object u_out) {
-            const char* op = "shortconv";
-            auto o = out_t(out, op, "out");
-            auto bv = in_t(bcx, op, "bcx");
-            auto wv = in_t(conv_w, op, "conv_w");
-            auto st = out_t(state, op, "state");
-            auto sv = in_t(seq, op, "seq");
-            TensorView uv;
-            const bool has_u = !u_out.is_none();
-            if (has_u) uv = out_t(u_out, op, "u_out");
-            py::gil_scoped_release nogil;
-            cuda::shortconv(o, bv, wv, st, sv, has_u ? &uv : nullptr);
-        },
-        py::arg("out"), py::arg("bcx"), py::arg("conv_w"), py::arg("state"), py::arg("seq"),
-        py::arg("u_out") = py::none(),
-        "shortconv(out[T, D], bcx[T, 3D], conv_w[D, L], state[B, L-1, D], seq[T] i32, u_out[T, D] | None).");
-    m.def(
-        "swiglu",
-        [](py::object out, py::object gu) {
-            const char* op = "swiglu";
-            auto o = out_t(out, op, "out");
-            auto gv = in_t(gu, op, "gu");
-            py::gil_scoped_release nogil;
-            cuda::swiglu(o, gv);
-        },
-        py::arg("out"), py::arg("gu"), "swiglu(out[T, F], gu[T, 2F]): out = silu(gu[:, :F]) * gu[:, F:].");
-    m.def(
-        "moe_route",
-        [](py::object ids_out, py::object w_out, py::object logits, py::object bias, bool norm_topk, double scale) {
-            const char* op = "moe_route";
-            auto iv = out_t(ids_out, op, "ids_out");
-            auto wv = out_t(w_out, op, "w_out");
-            auto lv = in_t(logits, op, "logits");
-            ConstTensorView bv;
-            const bool has_bias = !bias.is_none();
-            if (has_bias) bv = in_t(bias, op, "bias");
-            py::gil_scoped_release nogil;
-            cuda::moe_route(iv, wv, lv, has_bias ? &bv : nullptr, norm_topk, scale);
-        },
-        py::arg("ids_out"), py::arg("w_out"), py::arg("logits"), py::arg("bias"), py::arg("norm_topk"),
-        py::arg("scale"),
-        "moe_route(ids_out[T, K] i32, w_out[T, K] f32, logits[T, E] f32, bias[E] f32 | None, norm_topk, scale).");
-    m.def(
-        "moe_expert_rows",
-        [](py::object out, py::object x, py::object eids, py::object w13, py::object w2) {
-            const char* op = "moe_expert_rows";
-            auto o = out_t(out, op, "out");
-            auto xv = in_t(x, op, "x");
-            auto ev = in_t(eids, op, "eids");
-            auto w13v = in_t(w13, op, "w13");
-            auto w2v = in_t(w2, op, "w2");
-            py::gil_scoped_release nogil;
-            cuda::moe_expert_rows(o, xv, ev, w13v, w2v);
-        },
-        py::arg("out"), py::arg("x"), py::arg("eids"), py::arg("w13"), py::arg("w2"),
-        "moe_expert_rows(out[N, D], x[N, D], eids[N] i32, w13[E, 2Fe, D], w2[E, D, Fe]).");
-    m.def(
-        "moe_experts",
-        [](py::object out, py::object x, py::object ids, py::object w, py::object w13, py::object w2) {
-            const char* op = "moe_experts";
-            auto o = out_t(out, op, "out");
-            auto xv = in_t(x, op, "x");
-            auto iv = in_t(ids, op, "ids");
-            auto wv = in_t(w, op, "w");
-            auto w13v = in_t(w13, op, "w13");
-            auto w2v = in_t(w2, op, "w2");
-            py::gil_scoped_release nogil;
-            cuda::moe_experts(o, xv, iv, wv, w13v, w2v);
-        },
-        py::arg("out"), py::arg("x"), py::arg("ids"), py::arg("w"), py::arg("w13"), py::arg("w2"),
-        "moe_experts(out[T, D], x[T, D], ids[T, K] i32, w[T, K] f32, w13[E, 2Fe, D], w2[E, D, Fe]).");
-    m.def(
-        "argmax",
-        [](py::object out, py::object logits) {
-            const char* op = "argmax";
-            auto o = out_t(out, op, "out");
-            auto lv = in_t(logits, op, "logits");
-            py::gil_scoped_release nogil;
-            cuda::argmax(o, lv);
-        },
-        py::arg("out"), py::arg("logits"), "argmax(out[T] i32, logits[T, V] f32): first index of the row maximum.");
-    m.def(
-        "convert",
-        [](py::object out, py::object x) {
-            const char* op = "convert";
-            auto o = out_t(out, op, "out");
-            auto xv = in_t(x, op, "x");
-            py::gil_scoped_release nogil;
-            cuda::convert(o, xv);
-        },
-        py::arg("out"), py::arg("x"), "convert(out, x): elementwise f32 <-> bf16 <-> f16, round to nearest even.");
-}
+// Device arguments of the binder: cuda.Tensor handles.
+struct DeviceTensors {
+    static TensorView out(const py::handle& obj, const char* op, const char* name) {
+        return as_tensor(obj, op, name).view();
+    }
+    static ConstTensorView in(const py::handle& obj, const char* op, const char* name) {
+        return as_tensor(obj, op, name).cview();
+    }
+};
 
 #endif  // LFM2_WITH_CUDA
 
@@ -467,15 +277,8 @@ void register_cuda(py::module_& m) {
     m.def("memory_cached", &cuda::memory_cached, "Bytes of freed device memory kept for reuse.");
     m.def("empty_cache", &cuda::empty_cache, py::call_guard<py::gil_scoped_release>(),
           "Return cached device memory to the driver.");
-    m.def(
-        "add",
-        [](py::object out, py::object x) {
-            auto o = out_t(out, "add", "out");
-            auto xv = in_t(x, "add", "x");
-            py::gil_scoped_release nogil;
-            cuda::add_(o, xv);
-        },
-        py::arg("out"), py::arg("x"), "add(out[...] f32, x[...] f32): out += x (the model loop's residual add).");
+    bind_op<DeviceTensors>(m, "add", "add(out[...] f32, x[...] f32): out += x (the model loop's residual add).",
+                           &cuda::add_, "out", "x");
     m.def(
         "time_ms",
         [](const std::function<void()>& fn, int warmup, int reps, bool flush_l2) {
@@ -485,7 +288,11 @@ void register_cuda(py::module_& m) {
         "GPU milliseconds of each of `reps` calls of fn() (cudaEvent pairs), after `warmup` calls; with\n"
         "flush_l2 a buffer of twice the L2 size is overwritten before each timed call.");
     register_tensor(m);
-    register_ops(m);
+#define LFM2_BIND_CUDA_OP(name, doc, ...)                                \
+    bind_op<DeviceTensors>(m, #name, doc, &cuda::name, __VA_ARGS__); \
+    record_op(m, #name, __VA_ARGS__);
+    LFM2_CUDA_OPS(LFM2_BIND_CUDA_OP)
+#undef LFM2_BIND_CUDA_OP
 #else
     auto unavailable = [](py::args, py::kwargs) -> py::object {
         py::object cls = py::reinterpret_borrow<py::object>(PyExc_RuntimeError);
@@ -496,13 +303,16 @@ void register_cuda(py::module_& m) {
         PyErr_SetString(cls.ptr(), "lfm2engine was built without CUDA");
         throw py::error_already_set();
     };
+    const char* doc = "Unavailable: lfm2engine was built without CUDA.";
     for (const char* name : {"device_count", "device_info", "runtime_version", "driver_version", "selftest",
                              "synchronize", "memory_allocated", "memory_cached", "empty_cache", "add", "time_ms",
                              "Tensor", "Graph"})
-        m.def(name, unavailable, "Unavailable: lfm2engine was built without CUDA.");
-    for (const char* name : {"gemm", "embedding", "rmsnorm", "rope", "kv_write", "attention", "shortconv", "swiglu",
-                             "moe_route", "moe_expert_rows", "moe_experts", "argmax", "convert"})
-        m.def(name, unavailable, "Unavailable: lfm2engine was built without CUDA.");
+        m.def(name, unavailable, doc);
+#define LFM2_STUB_CUDA_OP(name, _doc, ...) \
+    m.def(#name, unavailable, doc);        \
+    record_op(m, #name, __VA_ARGS__);
+    LFM2_CUDA_OPS(LFM2_STUB_CUDA_OP)
+#undef LFM2_STUB_CUDA_OP
 #endif
 }
 

@@ -105,52 +105,13 @@ struct AttnGroup {
     }
 };
 
-struct CacheDims {
-    int64_t B, Hkv, Smax, Dh;
-};
-
-CacheDims check_cache(const char* op, ConstTensorView kc, ConstTensorView vc) {
-    expect_dtype(op, "k_cache", kc, {DType::F32});
-    expect_dtype(op, "v_cache", vc, {DType::F32});
-    expect_shape(op, "k_cache", kc, {-1, -1, -1, -1}, "[B, Hkv, Smax, Dh]");
-    CacheDims c{kc.size(0), kc.size(1), kc.size(2), kc.size(3)};
-    expect_shape(op, "v_cache", vc, {c.B, c.Hkv, c.Smax, c.Dh}, "k_cache.shape [B, Hkv, Smax, Dh]");
-    expect_contiguous(op, "k_cache", kc);
-    expect_contiguous(op, "v_cache", vc);
-    return c;
-}
-
-void check_slots(const char* op, ConstTensorView seq, ConstTensorView pos, int64_t T, const CacheDims& c) {
-    expect_dtype(op, "seq", seq, {DType::I32});
-    expect_dtype(op, "pos", pos, {DType::I32});
-    expect_shape(op, "seq", seq, {T}, "[T]");
-    expect_shape(op, "pos", pos, {T}, "[T]");
-    expect_contiguous(op, "seq", seq);
-    expect_contiguous(op, "pos", pos);
-    const int32_t* sp = seq.ptr<int32_t>();
-    const int32_t* pp = pos.ptr<int32_t>();
-    for (int64_t t = 0; t < T; ++t) {
-        LFM2_CHECK_INDEX(sp[t] >= 0 && sp[t] < c.B, op, "seq[", t, "] = ", sp[t], " is outside the cache's batch [0, ",
-                         c.B, ")");
-        LFM2_CHECK_INDEX(pp[t] >= 0 && pp[t] < c.Smax, op, "pos[", t, "] = ", pp[t],
-                         " is outside the cache capacity [0, ", c.Smax, ")");
-    }
-}
-
 }  // namespace
 
 void kv_write(TensorView k_cache, TensorView v_cache, ConstTensorView k, ConstTensorView v, ConstTensorView seq,
               ConstTensorView pos) {
-    const char* op = "kv_write";
-    const CacheDims c = check_cache(op, k_cache, v_cache);
-    expect_dtype(op, "k", k, {DType::F32});
-    expect_dtype(op, "v", v, {DType::F32});
-    expect_shape(op, "k", k, {-1, c.Hkv, c.Dh}, "[T, Hkv, Dh] (Hkv, Dh of the cache)");
-    const int64_t T = k.size(0);
-    expect_shape(op, "v", v, {T, c.Hkv, c.Dh}, "[T, Hkv, Dh]");
-    expect_contiguous(op, "k", k);
-    expect_contiguous(op, "v", v);
-    check_slots(op, seq, pos, T, c);
+    const KvWriteDims d = check_kv_write(k_cache, v_cache, k, v, seq, pos, Indices::host);
+    const CacheDims c = d.c;
+    const int64_t T = d.T;
     const int32_t* sp = seq.ptr<int32_t>();
     const int32_t* pp = pos.ptr<int32_t>();
     float* kcp = k_cache.ptr<float>();
@@ -171,27 +132,11 @@ void kv_write(TensorView k_cache, TensorView v_cache, ConstTensorView k, ConstTe
 
 void attention(TensorView out, ConstTensorView q, ConstTensorView k_cache, ConstTensorView v_cache, ConstTensorView seq,
                ConstTensorView pos, const ConstTensorView* mask) {
-    const char* op = "attention";
-    const CacheDims c = check_cache(op, k_cache, v_cache);
-    expect_dtype(op, "out", out, {DType::F32});
-    expect_dtype(op, "q", q, {DType::F32});
-    expect_shape(op, "q", q, {-1, -1, c.Dh}, "[T, H, Dh] (Dh of the cache)");
-    const int64_t T = q.size(0), H = q.size(1);
-    LFM2_CHECK(c.Hkv > 0 && H % c.Hkv == 0, op, "query heads H = ", H,
-               " must be a multiple of the cache's KV heads Hkv = ", c.Hkv);
-    expect_shape(op, "out", out, {T, H, c.Dh}, "[T, H, Dh]");
-    expect_contiguous(op, "out", out);
-    expect_contiguous(op, "q", q);
-    expect_disjoint(op, "out", out, "q", q);
-    check_slots(op, seq, pos, T, c);
-    const uint8_t* mp = nullptr;
-    if (mask) {
-        expect_dtype(op, "mask", *mask, {DType::U8});
-        expect_shape(op, "mask", *mask, {T, c.Smax}, "[T, Smax]");
-        expect_contiguous(op, "mask", *mask);
-        mp = mask->ptr<uint8_t>();
-    }
-    const int64_t G = H / c.Hkv, Dh = c.Dh, Smax = c.Smax;
+    const AttentionDims d = check_attention(out, q, k_cache, v_cache, seq, pos, mask, Indices::host);
+    const CacheDims c = d.c;
+    const int64_t T = d.T, H = d.H;
+    const uint8_t* mp = mask ? mask->ptr<uint8_t>() : nullptr;
+    const int64_t G = d.G, Dh = c.Dh, Smax = c.Smax;
     const float scale = 1.0f / std::sqrt(float(Dh));
     const Isa isa = active_isa();
     const int32_t* sp = seq.ptr<int32_t>();

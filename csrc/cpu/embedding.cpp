@@ -33,22 +33,9 @@ void gather(Isa isa, float* out, const WT* table, const int32_t* ids, int64_t T,
 }  // namespace
 
 void embedding(TensorView out, ConstTensorView table, ConstTensorView ids) {
-    const char* op = "embedding";
-    expect_dtype(op, "out", out, {DType::F32});
-    expect_dtype(op, "table", table, {DType::F32, DType::BF16, DType::F16});
-    expect_dtype(op, "ids", ids, {DType::I32});
-    expect_shape(op, "table", table, {-1, -1}, "[V, D]");
-    const int64_t V = table.size(0), D = table.size(1);
-    expect_shape(op, "ids", ids, {-1}, "[T]");
-    const int64_t T = ids.size(0);
-    expect_shape(op, "out", out, {T, D}, "[T, D]");
-    expect_contiguous(op, "out", out);
-    expect_contiguous(op, "table", table);
-    expect_contiguous(op, "ids", ids);
+    const EmbeddingDims d = check_embedding(out, table, ids, Indices::host);
+    const int64_t T = d.T, D = d.D;
     const int32_t* id = ids.ptr<int32_t>();
-    for (int64_t t = 0; t < T; ++t)
-        LFM2_CHECK_INDEX(id[t] >= 0 && id[t] < V, op, "token id ", id[t], " at position ", t,
-                         " is outside the vocabulary [0, ", V, ")");
     const Isa isa = active_isa();
     switch (table.dtype) {
         case DType::BF16:

@@ -45,18 +45,9 @@ void swiglu_raw(Isa isa, float* out, int64_t ldo, const float* gu, int64_t ldg, 
 }
 
 void swiglu(TensorView out, ConstTensorView gu) {
-    const char* op = "swiglu";
-    expect_dtype(op, "out", out, {DType::F32});
-    expect_dtype(op, "gu", gu, {DType::F32});
-    expect_shape(op, "gu", gu, {-1, -1}, "[T, 2F]");
-    const int64_t T = gu.size(0), F2 = gu.size(1);
-    LFM2_CHECK(F2 % 2 == 0, op, "argument 'gu' has ", F2, " columns; expected an even 2F (gate | up)");
-    const int64_t F = F2 / 2;
-    expect_shape(op, "out", out, {T, F}, "[T, F]");
-    expect_contiguous(op, "out", out);
-    expect_contiguous(op, "gu", gu);
-    expect_disjoint(op, "out", out, "gu", gu);
-    swiglu_raw(active_isa(), out.ptr<float>(), F, gu.ptr<float>(), F2, T, F);
+    const SwigluDims d = check_swiglu(out, gu);
+    const int64_t T = d.T, F = d.F;
+    swiglu_raw(active_isa(), out.ptr<float>(), F, gu.ptr<float>(), 2 * F, T, F);
 }
 
 }  // namespace lfm2::cpu

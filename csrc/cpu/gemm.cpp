@@ -304,20 +304,8 @@ void gemm_raw(Isa isa, const float* x, int64_t ldx, const void* w, DType wdt, in
 }
 
 void gemm(TensorView out, ConstTensorView x, ConstTensorView w) {
-    const char* op = "gemm";
-    expect_dtype(op, "out", out, {DType::F32});
-    expect_dtype(op, "x", x, {DType::F32});
-    expect_dtype(op, "w", w, {DType::F32, DType::BF16, DType::F16});
-    expect_shape(op, "x", x, {-1, -1}, "[T, K]");
-    const int64_t T = x.size(0), K = x.size(1);
-    expect_shape(op, "w", w, {-1, K}, "[N, K]");
-    const int64_t N = w.size(0);
-    expect_shape(op, "out", out, {T, N}, "[T, N]");
-    expect_contiguous(op, "out", out);
-    expect_contiguous(op, "x", x);
-    expect_contiguous(op, "w", w);
-    expect_disjoint(op, "out", out, "x", x);
-    expect_disjoint(op, "out", out, "w", w);
+    const GemmDims d = check_gemm(out, x, w);
+    const int64_t T = d.T, N = d.N, K = d.K;
     gemm_raw(active_isa(), x.ptr<float>(), K, w.data, w.dtype, K, out.ptr<float>(), N, T, N, K);
 }
 

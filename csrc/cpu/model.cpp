@@ -1,5 +1,5 @@
 // The fused single-rank layer loop (see model.h). Must stay bit-identical to
-// python/lfm2engine/model.py::Engine.forward_tokens on its non-tree, local-MoE path: the same ops
+// python/lfm2engine/engine.py::Engine.layer_loop on its non-tree, local-MoE path: the same ops
 // (ops.h) on the same values in the same order, the residual adds as plain fp32 adds (numpy's
 // `x += y`). tests/test_model_fused.py compares the two paths bit for bit.
 // Scratch buffers persist across calls (they only grow), so a decode step allocates nothing.
@@ -96,16 +96,11 @@ void Model::forward(TensorView logits, ConstTensorView ids, ConstTensorView seq,
             float* o = grow(b_, T * nq);
             {
                 auto t_ = stage(kAttnCore);
-                for (int64_t t = 0; t < T; ++t) {  // [T, (H+2Hkv)Dh] -> [T, H, Dh], 2 × [T, Hkv, Dh]
-                    const float* src = qkv + t * nqkv;
-                    std::memcpy(q + t * nq, src, sizeof(float) * size_t(nq));
-                    std::memcpy(k + t * nkv, src + nq, sizeof(float) * size_t(nkv));
-                    std::memcpy(v + t * nkv, src + nq + nkv, sizeof(float) * size_t(nkv));
-                }
-                rmsnorm(f32_view(q, {T * H, Dh}), f32_view(q, {T * H, Dh}), lw.q_norm, w.eps);
-                rmsnorm(f32_view(k, {T * Hkv, Dh}), f32_view(k, {T * Hkv, Dh}), lw.k_norm, w.eps);
                 const TensorView qv = f32_view(q, {T, H, Dh}), kv = f32_view(k, {T, Hkv, Dh}),
                                  vv = f32_view(v, {T, Hkv, Dh});
+                qkv_split(qv, kv, vv, f32_view(qkv, {T, nqkv}));
+                rmsnorm(f32_view(q, {T * H, Dh}), f32_view(q, {T * H, Dh}), lw.q_norm, w.eps);
+                rmsnorm(f32_view(k, {T * Hkv, Dh}), f32_view(k, {T * Hkv, Dh}), lw.k_norm, w.eps);
                 rope(qv, pos, w.rope_theta);
                 rope(kv, pos, w.rope_theta);
                 kv_write(st.k_cache[size_t(i)], st.v_cache[size_t(i)], kv, vv, seq, pos);

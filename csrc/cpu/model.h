@@ -1,6 +1,6 @@
 // The fused single-rank layer loop: the whole LFM2 / LFM2-MoE forward of a flattened ragged batch
 // in C++, with no Python between layers. It composes the public ops of ops.h in exactly the
-// order of python/lfm2engine/model.py::Engine.forward_tokens (embedding; per layer: norm,
+// order of python/lfm2engine/engine.py::Engine.layer_loop (embedding; per layer: norm,
 // attention or shortconv, residual, ffn norm, dense or MoE FFN, residual; final norm on the
 // requested rows; tied head), so both paths give bit-identical logits.
 // Not here: token trees, explicit masks, skipped layers or a replaced MoE (the Python path

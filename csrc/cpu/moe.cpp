@@ -26,24 +26,17 @@ struct ExpertWeights {
     int64_t bytes13, bytes2;  // per expert
 };
 
-ExpertWeights check_experts(const char* op, ConstTensorView w13, ConstTensorView w2, int64_t D) {
-    expect_dtype(op, "w13", w13, {DType::F32, DType::BF16, DType::F16});
-    expect_dtype(op, "w2", w2, {DType::F32, DType::BF16, DType::F16});
-    expect_shape(op, "w2", w2, {-1, D, -1}, "[E, D, Fe]");
-    const int64_t E = w2.size(0), Fe = w2.size(2);
-    expect_shape(op, "w13", w13, {E, 2 * Fe, D}, "[E, 2Fe, D] (gate | up; E, Fe from w2)");
-    expect_contiguous(op, "w13", w13);
-    expect_contiguous(op, "w2", w2);
+ExpertWeights expert_weights(const ExpertDims& e, ConstTensorView w13, ConstTensorView w2) {
     ExpertWeights ew;
     ew.w13 = static_cast<const char*>(w13.data);
     ew.w2 = static_cast<const char*>(w2.data);
     ew.dt13 = w13.dtype;
     ew.dt2 = w2.dtype;
-    ew.E = E;
-    ew.D = D;
-    ew.Fe = Fe;
-    ew.bytes13 = 2 * Fe * D * dtype_size(w13.dtype);
-    ew.bytes2 = D * Fe * dtype_size(w2.dtype);
+    ew.E = e.E;
+    ew.D = e.D;
+    ew.Fe = e.Fe;
+    ew.bytes13 = 2 * e.Fe * e.D * dtype_size(w13.dtype);
+    ew.bytes2 = e.D * e.Fe * dtype_size(w2.dtype);
     return ew;
 }
 
@@ -106,26 +99,9 @@ void expert_rows(Isa isa, const float* x, const int64_t* src, const int32_t* eid
 
 void moe_route(TensorView ids_out, TensorView w_out, ConstTensorView logits, const ConstTensorView* bias,
                bool norm_topk, double scale) {
-    const char* op = "moe_route";
-    expect_dtype(op, "ids_out", ids_out, {DType::I32});
-    expect_dtype(op, "w_out", w_out, {DType::F32});
-    expect_dtype(op, "logits", logits, {DType::F32});
-    expect_shape(op, "logits", logits, {-1, -1}, "[T, E]");
-    const int64_t T = logits.size(0), E = logits.size(1);
-    expect_shape(op, "ids_out", ids_out, {T, -1}, "[T, K]");
-    const int64_t K = ids_out.size(1);
-    LFM2_CHECK(K >= 1 && K <= E, op, "top-k K = ", K, " (ids_out.shape[1]) must be in [1, E = ", E, "]");
-    expect_shape(op, "w_out", w_out, {T, K}, "[T, K]");
-    expect_contiguous(op, "ids_out", ids_out);
-    expect_contiguous(op, "w_out", w_out);
-    expect_contiguous(op, "logits", logits);
-    const float* bp = nullptr;
-    if (bias) {
-        expect_dtype(op, "bias", *bias, {DType::F32});
-        expect_shape(op, "bias", *bias, {E}, "[E]");
-        expect_contiguous(op, "bias", *bias);
-        bp = bias->ptr<float>();
-    }
+    const RouteDims d = check_moe_route(ids_out, w_out, logits, bias);
+    const int64_t T = d.T, E = d.E, K = d.K;
+    const float* bp = bias ? bias->ptr<float>() : nullptr;
     const float* lp = logits.ptr<float>();
     int32_t* ip = ids_out.ptr<int32_t>();
     float* wp = w_out.ptr<float>();
@@ -163,23 +139,10 @@ void moe_route(TensorView ids_out, TensorView w_out, ConstTensorView logits, con
 }
 
 void moe_expert_rows(TensorView out, ConstTensorView x, ConstTensorView eids, ConstTensorView w13, ConstTensorView w2) {
-    const char* op = "moe_expert_rows";
-    expect_dtype(op, "out", out, {DType::F32});
-    expect_dtype(op, "x", x, {DType::F32});
-    expect_dtype(op, "eids", eids, {DType::I32});
-    expect_shape(op, "x", x, {-1, -1}, "[N, D]");
-    const int64_t N = x.size(0), D = x.size(1);
-    expect_shape(op, "out", out, {N, D}, "[N, D]");
-    expect_shape(op, "eids", eids, {N}, "[N]");
-    expect_contiguous(op, "out", out);
-    expect_contiguous(op, "x", x);
-    expect_contiguous(op, "eids", eids);
-    expect_disjoint(op, "out", out, "x", x);
-    const ExpertWeights ew = check_experts(op, w13, w2, D);
+    const ExpertRowsDims d = check_moe_expert_rows(out, x, eids, w13, w2, Indices::host);
+    const int64_t N = d.N;
+    const ExpertWeights ew = expert_weights(d.e, w13, w2);
     const int32_t* ep = eids.ptr<int32_t>();
-    for (int64_t n = 0; n < N; ++n)
-        LFM2_CHECK_INDEX(ep[n] < ew.E, op, "eids[", n, "] = ", ep[n], " is not an expert (E = ", ew.E,
-                         "; negative ids mean 'no expert')");
     std::vector<int64_t> src(static_cast<size_t>(N));
     for (int64_t n = 0; n < N; ++n) src[size_t(n)] = n;
     expert_rows(active_isa(), x.ptr<float>(), src.data(), ep, N, out.ptr<float>(), ew);
@@ -187,26 +150,10 @@ void moe_expert_rows(TensorView out, ConstTensorView x, ConstTensorView eids, Co
 
 void moe_experts(TensorView out, ConstTensorView x, ConstTensorView ids, ConstTensorView w, ConstTensorView w13,
                  ConstTensorView w2) {
-    const char* op = "moe_experts";
-    expect_dtype(op, "out", out, {DType::F32});
-    expect_dtype(op, "x", x, {DType::F32});
-    expect_dtype(op, "ids", ids, {DType::I32});
-    expect_dtype(op, "w", w, {DType::F32});
-    expect_shape(op, "x", x, {-1, -1}, "[T, D]");
-    const int64_t T = x.size(0), D = x.size(1);
-    expect_shape(op, "ids", ids, {T, -1}, "[T, K]");
-    const int64_t K = ids.size(1);
-    expect_shape(op, "w", w, {T, K}, "[T, K]");
-    expect_shape(op, "out", out, {T, D}, "[T, D]");
-    expect_contiguous(op, "out", out);
-    expect_contiguous(op, "x", x);
-    expect_contiguous(op, "ids", ids);
-    expect_contiguous(op, "w", w);
-    const ExpertWeights ew = check_experts(op, w13, w2, D);
+    const ExpertsDims d = check_moe_experts(out, x, ids, w, w13, w2, Indices::host);
+    const int64_t T = d.T, K = d.K, D = d.e.D;
+    const ExpertWeights ew = expert_weights(d.e, w13, w2);
     const int32_t* ip = ids.ptr<int32_t>();
-    for (int64_t r = 0; r < T * K; ++r)
-        LFM2_CHECK_INDEX(ip[r] < ew.E, op, "ids[", r / K, ", ", r % K, "] = ", ip[r], " is not an expert (E = ", ew.E,
-                         "; negative ids mean 'skip')");
     // Rows r = t·K + j of (token, slot) pairs; x row r / K. out may be x: x is fully consumed
     // before the combine writes out.
     std::vector<int64_t> src(static_cast<size_t>(T * K));

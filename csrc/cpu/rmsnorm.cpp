@@ -44,19 +44,8 @@ struct RmsnormRows {
 }  // namespace
 
 void rmsnorm(TensorView out, ConstTensorView x, ConstTensorView w, float eps) {
-    const char* op = "rmsnorm";
-    expect_dtype(op, "out", out, {DType::F32});
-    expect_dtype(op, "x", x, {DType::F32});
-    expect_dtype(op, "w", w, {DType::F32});
-    expect_shape(op, "x", x, {-1, -1}, "[R, D]");
-    const int64_t R = x.size(0), D = x.size(1);
-    expect_shape(op, "w", w, {D}, "[D]");
-    expect_shape(op, "out", out, {R, D}, "[R, D]");
-    expect_contiguous(op, "out", out);
-    expect_contiguous(op, "x", x);
-    expect_contiguous(op, "w", w);
-    if (out.data != x.data) expect_disjoint(op, "out", out, "x", x);  // in place, or disjoint
-    LFM2_CHECK(eps >= 0.0f, op, "eps must be >= 0, got ", eps);
+    const RowDims d = check_rmsnorm(out, x, w, eps);
+    const int64_t R = d.R, D = d.D;
     const Isa isa = active_isa();
     float* o = out.ptr<float>();
     const float* xp = x.ptr<float>();

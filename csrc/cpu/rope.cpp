@@ -42,16 +42,8 @@ struct RopeToken {
 }  // namespace
 
 void rope(TensorView x, ConstTensorView positions, double theta) {
-    const char* op = "rope";
-    expect_dtype(op, "x", x, {DType::F32});
-    expect_dtype(op, "positions", positions, {DType::I32});
-    expect_shape(op, "x", x, {-1, -1, -1}, "[T, H, Dh]");
-    const int64_t T = x.size(0), H = x.size(1), Dh = x.size(2);
-    expect_shape(op, "positions", positions, {T}, "[T]");
-    expect_contiguous(op, "x", x);
-    expect_contiguous(op, "positions", positions);
-    LFM2_CHECK(Dh % 2 == 0, op, "head dim Dh = ", Dh, " must be even");
-    LFM2_CHECK(theta > 0.0, op, "theta must be > 0, got ", theta);
+    const RopeDims d = check_rope(x, positions, theta);
+    const int64_t T = d.T, H = d.H, Dh = d.Dh;
     const int64_t half = Dh / 2;
     std::vector<double> inv_freq(static_cast<size_t>(half));
     for (int64_t j = 0; j < half; ++j)

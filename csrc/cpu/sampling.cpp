@@ -54,16 +54,8 @@ struct ArgmaxRows {
 }  // namespace
 
 void argmax(TensorView out, ConstTensorView logits) {
-    const char* op = "argmax";
-    expect_dtype(op, "out", out, {DType::I32});
-    expect_dtype(op, "logits", logits, {DType::F32});
-    expect_shape(op, "logits", logits, {-1, -1}, "[T, V]");
-    const int64_t T = logits.size(0), V = logits.size(1);
-    LFM2_CHECK(V >= 1 || T == 0, op, "logits must have at least one column (V = 0)");
-    LFM2_CHECK(V <= INT32_MAX, op, "V = ", V, " does not fit int32 indices");
-    expect_shape(op, "out", out, {T}, "[T]");
-    expect_contiguous(op, "out", out);
-    expect_contiguous(op, "logits", logits);
+    const ArgmaxDims d = check_argmax(out, logits);
+    const int64_t T = d.T, V = d.V;
     const Isa isa = active_isa();
     int32_t* o = out.ptr<int32_t>();
     const float* lp = logits.ptr<float>();

@@ -68,53 +68,17 @@ struct ShortconvBlock {
 
 void shortconv(TensorView out, ConstTensorView bcx, ConstTensorView conv_w, TensorView state, ConstTensorView seq,
                const TensorView* u_out) {
-    const char* op = "shortconv";
-    expect_dtype(op, "out", out, {DType::F32});
-    expect_dtype(op, "bcx", bcx, {DType::F32});
-    expect_dtype(op, "conv_w", conv_w, {DType::F32});
-    expect_dtype(op, "state", state, {DType::F32});
-    expect_dtype(op, "seq", seq, {DType::I32});
-    expect_shape(op, "conv_w", conv_w, {-1, -1}, "[D, L]");
-    const int64_t D = conv_w.size(0), L = conv_w.size(1);
-    LFM2_CHECK(L >= 1, op, "conv kernel length L must be >= 1, got ", L);
-    expect_shape(op, "bcx", bcx, {-1, 3 * D}, "[T, 3D] (D from conv_w)");
-    const int64_t T = bcx.size(0);
-    expect_shape(op, "out", out, {T, D}, "[T, D]");
-    expect_shape(op, "state", state, {-1, L - 1, D}, "[B, L-1, D]");
-    const int64_t B = state.size(0);
-    expect_shape(op, "seq", seq, {T}, "[T]");
-    expect_contiguous(op, "out", out);
-    expect_contiguous(op, "state", state);
-    expect_contiguous(op, "bcx", bcx);
-    expect_contiguous(op, "conv_w", conv_w);
-    expect_contiguous(op, "seq", seq);
-    expect_disjoint(op, "out", out, "bcx", bcx);
-    expect_disjoint(op, "out", out, "state", state);
-    float* uo = nullptr;
-    if (u_out) {
-        expect_dtype(op, "u_out", *u_out, {DType::F32});
-        expect_shape(op, "u_out", *u_out, {T, D}, "[T, D]");
-        expect_contiguous(op, "u_out", *u_out);
-        expect_disjoint(op, "u_out", *u_out, "out", out);
-        expect_disjoint(op, "u_out", *u_out, "bcx", bcx);
-        expect_disjoint(op, "u_out", *u_out, "state", state);
-        uo = u_out->ptr<float>();
-    }
-    // Runs of equal seq; each sequence may own only one run (its tokens contiguous, in order).
+    const ShortconvDims d = check_shortconv(out, bcx, conv_w, state, seq, u_out, Indices::host);
+    const int64_t T = d.T, D = d.D, L = d.L;
+    float* uo = u_out ? u_out->ptr<float>() : nullptr;
+    // Runs of equal seq (the check saw to it that each sequence owns one run).
     const int32_t* sp = seq.ptr<int32_t>();
     std::vector<Run> runs;
-    std::vector<char> seen(static_cast<size_t>(B), 0);
     for (int64_t t = 0; t < T; ++t) {
-        LFM2_CHECK_INDEX(sp[t] >= 0 && sp[t] < B, op, "seq[", t, "] = ", sp[t], " is outside the state's batch [0, ", B,
-                         ")");
-        if (t > 0 && sp[t] == sp[t - 1]) {
+        if (t > 0 && sp[t] == sp[t - 1])
             runs.back().t1 = t + 1;
-            continue;
-        }
-        LFM2_CHECK(!seen[size_t(sp[t])], op, "the tokens of sequence ", sp[t],
-                   " are not contiguous (it reappears at t = ", t, "); group each sequence's tokens");
-        seen[size_t(sp[t])] = 1;
-        runs.push_back({sp[t], t, t + 1});
+        else
+            runs.push_back({sp[t], t, t + 1});
     }
     std::vector<float> wt(static_cast<size_t>(L * D));  // [D, L] -> [L, D]
     const float* cw = conv_w.ptr<float>();

@@ -167,30 +167,6 @@ __global__ void kv_write_kernel(float* __restrict__ kc, float* __restrict__ vc, 
     }
 }
 
-struct CacheDims {
-    int64_t B, Hkv, Smax, Dh;
-};
-
-CacheDims check_cache(const char* op, ConstTensorView kc, ConstTensorView vc) {
-    expect_dtype(op, "k_cache", kc, {DType::F32});
-    expect_dtype(op, "v_cache", vc, {DType::F32});
-    expect_shape(op, "k_cache", kc, {-1, -1, -1, -1}, "[B, Hkv, Smax, Dh]");
-    CacheDims c{kc.size(0), kc.size(1), kc.size(2), kc.size(3)};
-    expect_shape(op, "v_cache", vc, {c.B, c.Hkv, c.Smax, c.Dh}, "k_cache.shape [B, Hkv, Smax, Dh]");
-    expect_contiguous(op, "k_cache", kc);
-    expect_contiguous(op, "v_cache", vc);
-    return c;
-}
-
-void check_slots(const char* op, ConstTensorView seq, ConstTensorView pos, int64_t T) {
-    expect_dtype(op, "seq", seq, {DType::I32});
-    expect_dtype(op, "pos", pos, {DType::I32});
-    expect_shape(op, "seq", seq, {T}, "[T]");
-    expect_shape(op, "pos", pos, {T}, "[T]");
-    expect_contiguous(op, "seq", seq);
-    expect_contiguous(op, "pos", pos);
-}
-
 template <int DPL>
 void launch_attention(const AttnArgs& a, size_t smem) {
     if (smem > 48 * 1024)
@@ -204,16 +180,9 @@ void launch_attention(const AttnArgs& a, size_t smem) {
 
 void kv_write(TensorView k_cache, TensorView v_cache, ConstTensorView k, ConstTensorView v, ConstTensorView seq,
               ConstTensorView pos) {
-    const char* op = "kv_write";
-    const CacheDims c = check_cache(op, k_cache, v_cache);
-    expect_dtype(op, "k", k, {DType::F32});
-    expect_dtype(op, "v", v, {DType::F32});
-    expect_shape(op, "k", k, {-1, c.Hkv, c.Dh}, "[T, Hkv, Dh] (Hkv, Dh of the cache)");
-    const int64_t T = k.size(0);
-    expect_shape(op, "v", v, {T, c.Hkv, c.Dh}, "[T, Hkv, Dh]");
-    expect_contiguous(op, "k", k);
-    expect_contiguous(op, "v", v);
-    check_slots(op, seq, pos, T);
+    const KvWriteDims d = check_kv_write(k_cache, v_cache, k, v, seq, pos, Indices::device);
+    const CacheDims c = d.c;
+    const int64_t T = d.T;
     if (T == 0 || c.Hkv == 0 || c.Dh == 0) return;
     kv_write_kernel<<<grid_for(T * c.Hkv * c.Dh, 256), 256, 0, stream()>>>(
         k_cache.ptr<float>(), v_cache.ptr<float>(), k.ptr<float>(), v.ptr<float>(), seq.ptr<int32_t>(),
@@ -224,26 +193,10 @@ void kv_write(TensorView k_cache, TensorView v_cache, ConstTensorView k, ConstTe
 void attention(TensorView out, ConstTensorView q, ConstTensorView k_cache, ConstTensorView v_cache, ConstTensorView seq,
                ConstTensorView pos, const ConstTensorView* mask) {
     const char* op = "attention";
-    const CacheDims c = check_cache(op, k_cache, v_cache);
-    expect_dtype(op, "out", out, {DType::F32});
-    expect_dtype(op, "q", q, {DType::F32});
-    expect_shape(op, "q", q, {-1, -1, c.Dh}, "[T, H, Dh] (Dh of the cache)");
-    const int64_t T = q.size(0), H = q.size(1);
-    LFM2_CHECK(c.Hkv > 0 && H % c.Hkv == 0, op, "query heads H = ", H,
-               " must be a multiple of the cache's KV heads Hkv = ", c.Hkv);
-    expect_shape(op, "out", out, {T, H, c.Dh}, "[T, H, Dh]");
-    expect_contiguous(op, "out", out);
-    expect_contiguous(op, "q", q);
-    expect_disjoint(op, "out", out, "q", q);
-    check_slots(op, seq, pos, T);
-    const uint8_t* mp = nullptr;
-    if (mask) {
-        expect_dtype(op, "mask", *mask, {DType::U8});
-        expect_shape(op, "mask", *mask, {T, c.Smax}, "[T, Smax]");
-        expect_contiguous(op, "mask", *mask);
-        mp = mask->ptr<uint8_t>();
-    }
-    const int64_t G = H / c.Hkv;
+    const AttentionDims d = check_attention(out, q, k_cache, v_cache, seq, pos, mask, Indices::device);
+    const CacheDims c = d.c;
+    const int64_t T = d.T, H = d.H, G = d.G;
+    const uint8_t* mp = mask ? mask->ptr<uint8_t>() : nullptr;
     LFM2_CHECK(G <= 32, op, "the CUDA kernel handles at most 32 query heads per KV head, got H/Hkv = ", G);
     LFM2_CHECK(c.Dh <= 256, op, "the CUDA kernel handles head dims up to 256, got Dh = ", c.Dh);
     LFM2_CHECK(T * c.Hkv < (int64_t(1) << 31), op, "T * Hkv = ", T * c.Hkv, " blocks exceed the grid limit");

@@ -36,16 +36,7 @@ __global__ void convert_kernel(void* out, DType od, const void* x, DType xd, int
 }  // namespace
 
 void convert(TensorView out, ConstTensorView x) {
-    const char* op = "convert";
-    expect_dtype(op, "out", out, {DType::F32, DType::BF16, DType::F16});
-    expect_dtype(op, "x", x, {DType::F32, DType::BF16, DType::F16});
-    bool same = out.ndim == x.ndim;
-    for (int i = 0; same && i < x.ndim; ++i) same = out.shape[i] == x.shape[i];
-    LFM2_CHECK(same, op, "argument 'out' has shape ", out.shape_str(), ", expected the shape of 'x' ", x.shape_str());
-    expect_contiguous(op, "out", out);
-    expect_contiguous(op, "x", x);
-    expect_disjoint(op, "out", out, "x", x);
-    const int64_t n = x.numel();
+    const int64_t n = check_convert(out, x);
     if (n == 0) return;
     convert_kernel<<<grid_for(n, 256), 256, 0, stream()>>>(out.data, out.dtype, x.data, x.dtype, n);
     LFM2_CUDA_LAUNCH_CHECK();

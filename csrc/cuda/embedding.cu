@@ -34,19 +34,8 @@ void launch(float* out, const void* table, const int32_t* ids, int64_t T, int64_
 }  // namespace
 
 void embedding(TensorView out, ConstTensorView table, ConstTensorView ids) {
-    const char* op = "embedding";
-    expect_dtype(op, "out", out, {DType::F32});
-    expect_dtype(op, "table", table, {DType::F32, DType::BF16, DType::F16});
-    expect_dtype(op, "ids", ids, {DType::I32});
-    expect_shape(op, "table", table, {-1, -1}, "[V, D]");
-    const int64_t V = table.size(0), D = table.size(1);
-    expect_shape(op, "ids", ids, {-1}, "[T]");
-    const int64_t T = ids.size(0);
-    expect_shape(op, "out", out, {T, D}, "[T, D]");
-    expect_contiguous(op, "out", out);
-    expect_contiguous(op, "table", table);
-    expect_contiguous(op, "ids", ids);
-    expect_disjoint(op, "out", out, "table", table);
+    const EmbeddingDims d = check_embedding(out, table, ids, Indices::device);
+    const int64_t T = d.T, V = d.V, D = d.D;
     if (T == 0 || D == 0) return;
     switch (table.dtype) {
         case DType::BF16:

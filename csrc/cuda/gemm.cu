@@ -62,19 +62,8 @@ void launch_gemm(GemmKind kind, DType wdt, const GemmProblem& p, int64_t grid_y)
 
 void gemm(TensorView out, ConstTensorView x, ConstTensorView w) {
     const char* op = "gemm";
-    expect_dtype(op, "out", out, {DType::F32});
-    expect_dtype(op, "x", x, {DType::F32});
-    expect_dtype(op, "w", w, {DType::F32, DType::BF16, DType::F16});
-    expect_shape(op, "x", x, {-1, -1}, "[T, K]");
-    const int64_t T = x.size(0), K = x.size(1);
-    expect_shape(op, "w", w, {-1, K}, "[N, K] (K from x)");
-    const int64_t N = w.size(0);
-    expect_shape(op, "out", out, {T, N}, "[T, N]");
-    expect_contiguous(op, "out", out);
-    expect_contiguous(op, "x", x);
-    expect_contiguous(op, "w", w);
-    expect_disjoint(op, "out", out, "x", x);
-    expect_disjoint(op, "out", out, "w", w);
+    const GemmDims d = check_gemm(out, x, w);
+    const int64_t T = d.T, N = d.N, K = d.K;
     LFM2_CHECK(T < (int64_t(1) << 31) && N < (int64_t(1) << 31) && K < (int64_t(1) << 31), op,
                "sizes must fit int32 (T = ", T, ", N = ", N, ", K = ", K, ")");
     if (T == 0 || N == 0) return;

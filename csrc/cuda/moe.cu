@@ -152,15 +152,8 @@ struct ExpertWeights {
     int64_t E, D, Fe;
 };
 
-ExpertWeights check_experts(const char* op, ConstTensorView w13, ConstTensorView w2, int64_t D) {
-    expect_dtype(op, "w13", w13, {DType::F32, DType::BF16, DType::F16});
-    expect_dtype(op, "w2", w2, {DType::F32, DType::BF16, DType::F16});
-    expect_shape(op, "w2", w2, {-1, D, -1}, "[E, D, Fe]");
-    const int64_t E = w2.size(0), Fe = w2.size(2);
-    expect_shape(op, "w13", w13, {E, 2 * Fe, D}, "[E, 2Fe, D] (gate | up; E, Fe from w2)");
-    expect_contiguous(op, "w13", w13);
-    expect_contiguous(op, "w2", w2);
-    return {w13.data, w2.data, w13.dtype, w2.dtype, E, D, Fe};
+ExpertWeights expert_weights(const ExpertDims& e, ConstTensorView w13, ConstTensorView w2) {
+    return {w13.data, w2.data, w13.dtype, w2.dtype, e.E, e.D, e.Fe};
 }
 
 // out[orow(r)] = expert_{e(r)}(x[src(r)]) for the N (row, expert) pairs of eid (ids < 0 skipped);
@@ -230,25 +223,9 @@ void expert_pairs(const char* op, int err_code, const float* x, const int32_t* e
 void moe_route(TensorView ids_out, TensorView w_out, ConstTensorView logits, const ConstTensorView* bias,
                bool norm_topk, double scale) {
     const char* op = "moe_route";
-    expect_dtype(op, "ids_out", ids_out, {DType::I32});
-    expect_dtype(op, "w_out", w_out, {DType::F32});
-    expect_dtype(op, "logits", logits, {DType::F32});
-    expect_shape(op, "logits", logits, {-1, -1}, "[T, E]");
-    const int64_t T = logits.size(0), E = logits.size(1);
-    expect_shape(op, "ids_out", ids_out, {T, -1}, "[T, K]");
-    const int64_t K = ids_out.size(1);
-    LFM2_CHECK(K >= 1 && K <= E, op, "top-k K = ", K, " (ids_out.shape[1]) must be in [1, E = ", E, "]");
-    expect_shape(op, "w_out", w_out, {T, K}, "[T, K]");
-    expect_contiguous(op, "ids_out", ids_out);
-    expect_contiguous(op, "w_out", w_out);
-    expect_contiguous(op, "logits", logits);
-    const float* bp = nullptr;
-    if (bias) {
-        expect_dtype(op, "bias", *bias, {DType::F32});
-        expect_shape(op, "bias", *bias, {E}, "[E]");
-        expect_contiguous(op, "bias", *bias);
-        bp = bias->ptr<float>();
-    }
+    const RouteDims d = check_moe_route(ids_out, w_out, logits, bias);
+    const int64_t T = d.T, E = d.E, K = d.K;
+    const float* bp = bias ? bias->ptr<float>() : nullptr;
     LFM2_CHECK(E <= 2048, op, "the CUDA router handles at most 2048 experts, got E = ", E);
     if (T == 0) return;
     moe_route_kernel<<<grid_for(T, 8, 65535), 256, 0, stream()>>>(ids_out.ptr<int32_t>(), w_out.ptr<float>(),
@@ -259,18 +236,9 @@ void moe_route(TensorView ids_out, TensorView w_out, ConstTensorView logits, con
 
 void moe_expert_rows(TensorView out, ConstTensorView x, ConstTensorView eids, ConstTensorView w13, ConstTensorView w2) {
     const char* op = "moe_expert_rows";
-    expect_dtype(op, "out", out, {DType::F32});
-    expect_dtype(op, "x", x, {DType::F32});
-    expect_dtype(op, "eids", eids, {DType::I32});
-    expect_shape(op, "x", x, {-1, -1}, "[N, D]");
-    const int64_t N = x.size(0), D = x.size(1);
-    expect_shape(op, "out", out, {N, D}, "[N, D]");
-    expect_shape(op, "eids", eids, {N}, "[N]");
-    expect_contiguous(op, "out", out);
-    expect_contiguous(op, "x", x);
-    expect_contiguous(op, "eids", eids);
-    expect_disjoint(op, "out", out, "x", x);
-    const ExpertWeights ew = check_experts(op, w13, w2, D);
+    const ExpertRowsDims d = check_moe_expert_rows(out, x, eids, w13, w2, Indices::device);
+    const int64_t N = d.N, D = d.e.D;
+    const ExpertWeights ew = expert_weights(d.e, w13, w2);
     if (N == 0 || D == 0) return;
     // Rows with eids < 0 (or bad ids) stay 0: GEMM 2 scatters only the valid rows.
     CUDA_CHECK(cudaMemsetAsync(out.data, 0, size_t(N * D) * sizeof(float), stream()));
@@ -280,21 +248,9 @@ void moe_expert_rows(TensorView out, ConstTensorView x, ConstTensorView eids, Co
 void moe_experts(TensorView out, ConstTensorView x, ConstTensorView ids, ConstTensorView w, ConstTensorView w13,
                  ConstTensorView w2) {
     const char* op = "moe_experts";
-    expect_dtype(op, "out", out, {DType::F32});
-    expect_dtype(op, "x", x, {DType::F32});
-    expect_dtype(op, "ids", ids, {DType::I32});
-    expect_dtype(op, "w", w, {DType::F32});
-    expect_shape(op, "x", x, {-1, -1}, "[T, D]");
-    const int64_t T = x.size(0), D = x.size(1);
-    expect_shape(op, "ids", ids, {T, -1}, "[T, K]");
-    const int64_t K = ids.size(1);
-    expect_shape(op, "w", w, {T, K}, "[T, K]");
-    expect_shape(op, "out", out, {T, D}, "[T, D]");
-    expect_contiguous(op, "out", out);
-    expect_contiguous(op, "x", x);
-    expect_contiguous(op, "ids", ids);
-    expect_contiguous(op, "w", w);
-    const ExpertWeights ew = check_experts(op, w13, w2, D);
+    const ExpertsDims d = check_moe_experts(out, x, ids, w, w13, w2, Indices::device);
+    const int64_t T = d.T, K = d.K, D = d.e.D;
+    const ExpertWeights ew = expert_weights(d.e, w13, w2);
     if (T == 0 || D == 0) return;
     if (K == 0) {
         CUDA_CHECK(cudaMemsetAsync(out.data, 0, size_t(T * D) * sizeof(float), stream()));

@@ -97,37 +97,9 @@ __global__ void shortconv_state_kernel(float* state, const float* __restrict__ b
 void shortconv(TensorView out, ConstTensorView bcx, ConstTensorView conv_w, TensorView state, ConstTensorView seq,
                const TensorView* u_out) {
     const char* op = "shortconv";
-    expect_dtype(op, "out", out, {DType::F32});
-    expect_dtype(op, "bcx", bcx, {DType::F32});
-    expect_dtype(op, "conv_w", conv_w, {DType::F32});
-    expect_dtype(op, "state", state, {DType::F32});
-    expect_dtype(op, "seq", seq, {DType::I32});
-    expect_shape(op, "conv_w", conv_w, {-1, -1}, "[D, L]");
-    const int64_t D = conv_w.size(0), L = conv_w.size(1);
-    LFM2_CHECK(L >= 1, op, "conv kernel length L must be >= 1, got ", L);
-    expect_shape(op, "bcx", bcx, {-1, 3 * D}, "[T, 3D] (D from conv_w)");
-    const int64_t T = bcx.size(0);
-    expect_shape(op, "out", out, {T, D}, "[T, D]");
-    expect_shape(op, "state", state, {-1, L - 1, D}, "[B, L-1, D]");
-    const int64_t B = state.size(0);
-    expect_shape(op, "seq", seq, {T}, "[T]");
-    expect_contiguous(op, "out", out);
-    expect_contiguous(op, "state", state);
-    expect_contiguous(op, "bcx", bcx);
-    expect_contiguous(op, "conv_w", conv_w);
-    expect_contiguous(op, "seq", seq);
-    expect_disjoint(op, "out", out, "bcx", bcx);
-    expect_disjoint(op, "out", out, "state", state);
-    float* uo = nullptr;
-    if (u_out) {
-        expect_dtype(op, "u_out", *u_out, {DType::F32});
-        expect_shape(op, "u_out", *u_out, {T, D}, "[T, D]");
-        expect_contiguous(op, "u_out", *u_out);
-        expect_disjoint(op, "u_out", *u_out, "out", out);
-        expect_disjoint(op, "u_out", *u_out, "bcx", bcx);
-        expect_disjoint(op, "u_out", *u_out, "state", state);
-        uo = u_out->ptr<float>();
-    }
+    const ShortconvDims d = check_shortconv(out, bcx, conv_w, state, seq, u_out, Indices::device);
+    const int64_t T = d.T, D = d.D, L = d.L, B = d.B;
+    float* uo = u_out ? u_out->ptr<float>() : nullptr;
     LFM2_CHECK(L <= 64, op, "the CUDA kernel handles conv kernels up to L = 64, got ", L);
     LFM2_CHECK(ceil_div<int64_t>(T, kTokensPerBlock) <= 65535, op, "T = ", T, " tokens exceed one launch");
     if (T == 0 || D == 0) return;

@@ -1,5 +1,6 @@
 """Type stub of lfm2engine._core, the C++ extension (csrc/bindings). Keep in sync with the
-bindings: tests/test_ops_cpu.py::test_stub_lists_every_binding compares the names.
+bindings: tests/test_ops_cpu.py::test_stub_lists_every_binding compares the names, and
+test_op_tables_are_twins each op's argument names with the op tables (csrc/bindings/op_table.h).
 
 Ops write their outputs (first arguments) in place and return None. Float arrays are C-contiguous
 float32 unless noted; weights "w" may be float32, bfloat16 bits (uint16) or float16. Nothing is
@@ -71,6 +72,10 @@ class cpu:
     @staticmethod
     def rope(x: _F32, positions: _I32, theta: float) -> None:
         """In place NeoX RoPE of x[T, H, Dh] at positions[T]."""
+
+    @staticmethod
+    def qkv_split(q: _F32, k: _F32, v: _F32, qkv: _F32) -> None:
+        """q[T, H, Dh], k, v[T, Hkv, Dh] = the column blocks q | k | v of qkv[T, (H + 2 Hkv) Dh]."""
 
     @staticmethod
     def kv_write(k_cache: _F32, v_cache: _F32, k: _F32, v: _F32, seq: _I32, pos: _I32) -> None:
@@ -252,6 +257,10 @@ class cuda:
     @staticmethod
     def rope(x: "cuda.Tensor", positions: "cuda.Tensor", theta: float) -> None:
         """In place NeoX RoPE of x[T, H, Dh] at positions[T]."""
+
+    @staticmethod
+    def qkv_split(q: "cuda.Tensor", k: "cuda.Tensor", v: "cuda.Tensor", qkv: "cuda.Tensor") -> None:
+        """q[T, H, Dh], k, v[T, Hkv, Dh] = the column blocks q | k | v of qkv[T, (H + 2 Hkv) Dh]."""
 
     @staticmethod
     def kv_write(k_cache: "cuda.Tensor", v_cache: "cuda.Tensor", k: "cuda.Tensor", v: "cuda.Tensor",

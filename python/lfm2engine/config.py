@@ -3,7 +3,7 @@
 Reads HF keys under their HF names for model_type `lfm2` (dense) and `lfm2_moe`, accepts the
 legacy aliases (tie_embedding, rope_theta, full_attn_idxs, block_ff_dim), and rejects anything
 the engine cannot run with ConfigError. Engine code never parses JSON anywhere else.
-Must match transformers' Lfm2Config / Lfm2MoeConfig semantics (see shared/design/MODEL.md §1).
+Must match transformers' Lfm2Config / Lfm2MoeConfig semantics (see docs/MODEL.md §1).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -19,6 +20,13 @@ from .errors import ConfigError
 ATTENTION = "full_attention"
 CONV = "conv"
 SUPPORTED_MODEL_TYPES = ("lfm2", "lfm2_moe")
+# Sizes a config may give. No real model comes near; the bounds keep every tensor's element and
+# byte count exact in int64 and the per-layer / per-expert manifest listable, so that a config
+# of 2**63 experts is a ConfigError, not a hang or a MemoryError.
+MAX_DIM = 2**31 - 1  # any width, vocabulary, context length or count of heads
+MAX_COUNT = 65_536  # layers, experts
+F32_MAX = float.fromhex("0x1.fffffep+127")  # the kernels compute in float32
+F32_TINY = float.fromhex("0x1p-126")  # smallest normal float32
 
 
 def read_config_json(path: str | os.PathLike) -> tuple[dict, str]:
@@ -193,7 +201,25 @@ class LFM2Config:
                     return d[k]
             return default
 
+        def key_of(key, *aliases):
+            return next((k for k in (key, *aliases) if k in d and d[k] is not None), key)
+
+        def req_bool(key, default, *aliases):
+            v = opt(key, default, *aliases)
+            if not isinstance(v, bool):
+                raise ConfigError(f"{source}: {key_of(key, *aliases)} must be true or false, found {v!r}")
+            return v
+
+        def req_float(key, default, *aliases, value=None):
+            v = opt(key, default, *aliases) if value is None else value
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or abs(v) > F32_MAX:
+                raise ConfigError(f"{source}: {key_of(key, *aliases)} must be a finite number (float32), found {v!r}")
+            return float(v)
+
         n_layers = req_int("num_hidden_layers")
+        if n_layers > MAX_COUNT:  # before anything is listed per layer
+            raise ConfigError(f"{source}: num_hidden_layers {n_layers} exceeds {MAX_COUNT}, far beyond any model "
+                              "this engine can hold")
         hidden = req_int("hidden_size")
         n_heads = req_int("num_attention_heads")
         n_kv = opt("num_key_value_heads", n_heads)
@@ -229,7 +255,7 @@ class LFM2Config:
         rtype = rope.get("rope_type", rope.get("type", "default"))
         if rtype not in (None, "default") and not shapes_only:
             raise ConfigError(f"{source}: rope_type {rtype!r} is not supported (only 'default' RoPE)")
-        theta = rope.get("rope_theta", d.get("rope_theta", 1_000_000.0))
+        theta = req_float("rope_theta", 1_000_000.0, value=rope.get("rope_theta", d.get("rope_theta", 1_000_000.0)))
 
         eos = d.get("eos_token_id", 2)
         if isinstance(eos, list):
@@ -245,33 +271,36 @@ class LFM2Config:
             intermediate_size=inter,
             layer_types=tuple(layer_types),
             max_position_embeddings=opt("max_position_embeddings", 128_000),
-            norm_eps=float(opt("norm_eps", 1e-5)),
-            rope_theta=float(theta),
+            norm_eps=req_float("norm_eps", 1e-5),
+            rope_theta=theta,
             conv_L_cache=opt("conv_L_cache", 3),
-            conv_bias=bool(opt("conv_bias", False)),
-            tie_word_embeddings=bool(opt("tie_word_embeddings", True, "tie_embedding")),
+            conv_bias=req_bool("conv_bias", False),
+            tie_word_embeddings=req_bool("tie_word_embeddings", True, "tie_embedding"),
             bos_token_id=d.get("bos_token_id", 1),
             eos_token_id=eos,
             pad_token_id=d.get("pad_token_id", 0),
-            torch_dtype=str(opt("dtype", "float32", "torch_dtype")),
+            torch_dtype=opt("dtype", "float32", "torch_dtype"),
         )
+        if not isinstance(kw["torch_dtype"], str):
+            raise ConfigError(f"{source}: dtype must be a string such as \"bfloat16\", found {kw['torch_dtype']!r}")
         # HF: legacy tie_embedding wins over tie_word_embeddings when both exist
-        if "tie_embedding" in d:
-            kw["tie_word_embeddings"] = bool(d["tie_embedding"])
+        if d.get("tie_embedding") is not None:
+            kw["tie_word_embeddings"] = req_bool("tie_embedding", True)
         if is_moe:
             kw.update(
                 moe_intermediate_size=req_int("moe_intermediate_size"),
                 num_experts=req_int("num_experts"),
                 num_experts_per_tok=req_int("num_experts_per_tok"),
                 num_dense_layers=req_int("num_dense_layers", minimum=0),
-                use_expert_bias=bool(opt("use_expert_bias", True)),
-                routed_scaling_factor=float(opt("routed_scaling_factor", 1.0)),
-                norm_topk_prob=bool(opt("norm_topk_prob", True)),
+                use_expert_bias=req_bool("use_expert_bias", True),
+                routed_scaling_factor=req_float("routed_scaling_factor", 1.0),
+                norm_topk_prob=req_bool("norm_topk_prob", True),
             )
         else:
             kw.update(
-                block_auto_adjust_ff_dim=bool(opt("block_auto_adjust_ff_dim", True)),
-                block_ffn_dim_multiplier=d.get("block_ffn_dim_multiplier", 1.0),
+                block_auto_adjust_ff_dim=req_bool("block_auto_adjust_ff_dim", True),
+                block_ffn_dim_multiplier=(None if d.get("block_ffn_dim_multiplier", 1.0) is None
+                                          else req_float("block_ffn_dim_multiplier", 1.0)),
                 block_multiple_of=opt("block_multiple_of", 256),
             )
         known = {f.name for f in dataclasses.fields(cls)}
@@ -290,6 +319,16 @@ class LFM2Config:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 bad(f"{name} must be a positive integer, found {v!r}")
+            if v > MAX_DIM:
+                bad(f"{name} {v} exceeds {MAX_DIM} (2**31 - 1), far beyond any model this engine can hold")
+        for name in ("num_hidden_layers", "num_experts"):
+            v = getattr(self, name)
+            if v > MAX_COUNT:
+                bad(f"{name} {v} exceeds {MAX_COUNT}, far beyond any model this engine can hold")
+        for name in ("moe_intermediate_size", "num_experts_per_tok", "num_dense_layers", "block_multiple_of"):
+            v = getattr(self, name)
+            if isinstance(v, int) and not isinstance(v, bool) and v > MAX_DIM:
+                bad(f"{name} {v} exceeds {MAX_DIM} (2**31 - 1), far beyond any model this engine can hold")
         if self.hidden_size % self.num_attention_heads:
             bad(f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}")
         if self.num_attention_heads % self.num_key_value_heads:
@@ -303,8 +342,11 @@ class LFM2Config:
             m = self.block_multiple_of
             if isinstance(m, bool) or not isinstance(m, int) or m < 1:
                 bad(f"block_multiple_of must be a positive integer, found {m!r}")
-        if self.ffn_dim < 1:
-            bad(f"dense FFN width computes to {self.ffn_dim}")
+        m = self.block_ffn_dim_multiplier
+        if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m)):
+            bad(f"block_ffn_dim_multiplier must be a finite number or null, found {m!r}")
+        if not 1 <= self.ffn_dim <= MAX_DIM:
+            bad(f"dense FFN width computes to {self.ffn_dim}; it must be in [1, {MAX_DIM}]")
         if self.is_moe:
             if self.num_experts < 1 or self.moe_intermediate_size < 1:
                 bad("num_experts and moe_intermediate_size must be >= 1")
@@ -321,17 +363,23 @@ class LFM2Config:
             bad(f"head_dim {self.head_dim} (hidden_size / num_attention_heads) must be even for RoPE")
         if self.conv_bias:
             bad("conv_bias=true is not supported (no released LFM2 checkpoint uses it)")
-        if not self.norm_eps > 0:
-            bad(f"norm_eps must be > 0, found {self.norm_eps}")
+        for name in ("norm_eps", "rope_theta", "routed_scaling_factor"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or abs(v) > F32_MAX:
+                bad(f"{name} must be a finite number (float32), found {v!r}")
+        # a norm adds eps in float32: it must be a normal float32 > 0 there (a zero or flushed
+        # subnormal eps divides a zero row by 0)
+        if not self.norm_eps >= F32_TINY:
+            bad(f"norm_eps must be a positive normal float32 (>= {F32_TINY:.3g}), found {self.norm_eps}")
         if not self.rope_theta > 0:
             bad(f"rope_theta must be > 0, found {self.rope_theta}")
         for name in ("bos_token_id", "pad_token_id"):
             v = getattr(self, name)
-            if v is not None and not (0 <= v < self.vocab_size):
-                bad(f"{name} {v} is outside the vocabulary [0, {self.vocab_size})")
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not (0 <= v < self.vocab_size)):
+                bad(f"{name} {v!r} is not a token id in the vocabulary [0, {self.vocab_size})")
         for e in self.eos_ids:
-            if not (0 <= e < self.vocab_size):
-                bad(f"eos_token_id {e} is outside the vocabulary [0, {self.vocab_size})")
+            if isinstance(e, bool) or not isinstance(e, int) or not (0 <= e < self.vocab_size):
+                bad(f"eos_token_id {e!r} is not a token id in the vocabulary [0, {self.vocab_size})")
 
     def replace(self, **changes) -> "LFM2Config":
         cfg = dataclasses.replace(self, **changes)

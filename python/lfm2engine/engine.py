@@ -19,9 +19,9 @@ import os
 import numpy as np
 
 from .backends import Backend, get_backend
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, all_finite
 from .config import LFM2Config
-from .errors import BackendError, InputError
+from .errors import BackendError, InputError, NumericsError
 from .models import resolve_name
 from .tree import TreePass, tree_shortconv
 from .weights import DTYPES, Weights
@@ -274,8 +274,23 @@ class Engine:
         if argmax:
             ids_out = b.empty((logits.shape[0],), "int32")
             self.ops.argmax(ids_out, logits)
-            return b.download(ids_out)
-        return b.download(logits)
+            picked = b.download(ids_out)
+            # argmax counts NaN as the maximum and +Inf is one: a row with either shows at its pick
+            self._check_finite(b.picked_values(logits, picked).reshape(-1, 1), seq, pos, rows)
+            return picked
+        host = b.download(logits)
+        self._check_finite(host, seq, pos, rows)
+        return host
+
+    @staticmethod
+    def _check_finite(values: np.ndarray, seq, pos, rows) -> None:
+        """NumericsError naming the sequences and positions whose logits hold NaN/Inf."""
+        if all_finite(values):
+            return
+        bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
+        at = [f"sequence {int(seq[rows[r]])} position {int(pos[rows[r]])}" for r in bad[:8]]
+        raise NumericsError(f"non-finite logits (NaN/Inf) for {len(bad)} row(s): {', '.join(at)}"
+                            f"{' ...' if len(bad) > 8 else ''} (an activation overflowed)")
 
 
 def load_model(path, dtype: str = "float32", device: str = "cpu", **kw) -> Engine:

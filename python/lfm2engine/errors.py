@@ -28,3 +28,7 @@ class BackendError(LFM2Error, RuntimeError):
 
 class ParallelError(LFM2Error, RuntimeError):
     """An MPI plan cannot run: bad world size, ranks disagree, a peer failed."""
+
+
+class NumericsError(BackendError):
+    """A computation produced NaN or Inf (logits): the result would be wrong, so it is refused."""

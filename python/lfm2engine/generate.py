@@ -17,10 +17,10 @@ import time
 
 from . import log
 from .cli import enable_bf16_dot, resolve_prompt
-from .tokenizer import TextStream
 from .errors import InputError
 from .models import SHIPPED, model_dir
 from .parallel import ParallelPlan, check_same_model, run_guarded
+from .synthetic import PRESETS
 from .parallel import data_parallel as dpl
 from .parallel.comm import node_local
 
@@ -36,9 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--model", help="Hugging Face checkpoint directory (config.json + *.safetensors) or a shipped "
                                     f"model ({', '.join(SHIPPED)}: trained on the King James Bible, with a "
                                     "tokenizer). Default: the built-in synthetic model (see --config)")
-    ap.add_argument("--config", default="default", choices=("default", "full"),
+    ap.add_argument("--config", default="default", choices=tuple(PRESETS),
                     help="built-in synthetic model when --model is absent: 'default' (LFM2-8B-A1B structure "
-                         "scaled to run in seconds) or 'full' (real-size LFM2-8B-A1B, random weights, 16.7 GB)")
+                         "scaled to run in seconds), 'real8' (its real shapes, 8 layers, 4.9 GB) or 'full' "
+                         "(real-size LFM2-8B-A1B, random weights, 16.7 GB)")
     ap.add_argument("--inputs", help="inputs.bin (default: the model's built-in workload, 32 × 16 tokens)")
     ap.add_argument("--answers", help="answers.bin for -v (default: the built-in workload's answers)")
     ap.add_argument("--outputs", default="outputs.bin", help="where to write logits (default outputs.bin)")
@@ -188,9 +189,11 @@ def run_generation(args, comm, eng, model_dir) -> dict:
             t_first[0] = time.perf_counter()
         steps["n"] = step
 
-    # Text mode on a terminal-like stdout: the prompt, then each token's text as it comes (rank 0 runs
-    # the single prompt under every plan).
-    stream = TextStream(tok) if tok is not None and rank == 0 and not args.json else None
+    # Text mode: the prompt, then each token's text as it comes (rank 0 runs the single prompt under
+    # every plan), decoded incrementally as the server does (a split UTF-8 character is held back).
+    from .serve.request import TextTracker
+
+    stream = TextTracker(tok, []) if tok is not None and rank == 0 and not args.json else None
     on_token = None
     if stream is not None:
         sys.stdout.write(args.prompt)
@@ -219,7 +222,7 @@ def run_generation(args, comm, eng, model_dir) -> dict:
         log.info(f"prompt {len(prompt)} tokens, generated {len(out)} in {elapsed:.3f} s "
                  f"(prefill {summary['prefill_tokens_per_s']:.1f} tok/s, decode {summary['decode_tokens_per_s']:.1f} tok/s)")
         if stream is not None:
-            print(stream.flush(), flush=True)
+            print(stream.push(None), flush=True)
         elif not args.json:
             print(" ".join(map(str, out)), flush=True)
     return summary

@@ -4,17 +4,21 @@ Used by Engine.generate (one process) and by the parallel plans (parallel/data_p
 which pass `agree` and `idle`: under expert parallelism every rank must take part in every MoE
 collective, so a rank whose sequences have all stopped (or that holds none) makes idle passes,
 and the ranks stop together once none has a live sequence. Greedy steps ask the backend for
-argmax ids only (on a GPU, the logits stay on the device).
+argmax ids only (on a GPU, the logits stay on the device). No token is drawn from NaN/Inf
+logits: every pass is checked (Engine.forward_tokens) and the error names the step.
 """
 
 from __future__ import annotations
+
+from .errors import NumericsError
 
 
 def decode_loop(eng, prompts, max_new_tokens: int, sampler, stop_at_eos: bool = False, on_step=None,
                 agree=None, idle=None, on_token=None) -> list[list[int]]:
     """Tokens generated for each of `prompts` (validated int32 arrays; may be empty on a rank of
     a parallel plan). sampler: sampling.Sampler; on_step(step, live) after each step with live
-    sequences; on_token(b, token) as each token is appended to sequence b (streaming); agree(n) -> the number of sequences still running on any rank (default n);
+    sequences; on_token(b, token) as each token is appended to sequence b (streaming); agree(n) ->
+    the number of sequences still running on any rank (default n);
     idle() makes one pass without tokens (default: nothing)."""
     n = len(prompts)
     out: list[list[int]] = [[] for _ in range(n)]
@@ -24,7 +28,7 @@ def decode_loop(eng, prompts, max_new_tokens: int, sampler, stop_at_eos: bool = 
     s = None
     if n:
         s = eng.session(n, max(len(p) for p in prompts) + max_new_tokens)
-        picked = s.prefill(prompts, argmax=greedy)
+        picked = _step(0, s.prefill, prompts, argmax=greedy)
     elif idle is not None:
         idle()
     live = list(range(n))
@@ -45,10 +49,19 @@ def decode_loop(eng, prompts, max_new_tokens: int, sampler, stop_at_eos: bool = 
             break
         live = [b for b, _ in nxt]
         if live:
-            picked = s.forward(live, [[t] for _, t in nxt], argmax=greedy)
+            picked = _step(step + 1, s.forward, live, [[t] for _, t in nxt], argmax=greedy)
         elif idle is not None:
             idle()
     return out
+
+
+def _step(step: int, fn, *args, **kw):
+    """fn(*args, **kw); its NumericsError (NaN/Inf logits: Engine.forward_tokens checks every
+    pass) names the generation step whose token would have been drawn from them."""
+    try:
+        return fn(*args, **kw)
+    except NumericsError as e:
+        raise NumericsError(f"generation step {step} (token {step + 1}): {e}") from None
 
 
 __all__ = ["decode_loop"]

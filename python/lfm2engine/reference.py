@@ -1,7 +1,7 @@
 """Plain NumPy reference of LFM2 / LFM2-MoE: one function per op and per block.
 
 The in-project oracle for every C++/CUDA kernel and for the whole engine. It is slow on purpose
-and never on a hot path. It follows shared/design/MODEL.md line by line and computes in the dtype
+and never on a hot path. It follows docs/MODEL.md line by line and computes in the dtype
 of its inputs (float32, or float64 for a tighter oracle). It must match transformers' eager
 Lfm2MoeForCausalLM / Lfm2ForCausalLM.
 

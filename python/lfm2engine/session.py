@@ -72,6 +72,19 @@ class Session:
             for a in self.uwin.values():
                 a[:] = 0
 
+    def release(self, seq) -> None:
+        """Empty one sequence slot for a new sequence (the other slots keep their caches): its
+        length and conv state go to zero; its stale KV entries are never read (attention covers
+        positions below the length only) and are overwritten as the new sequence grows."""
+        seq = self.check_seq(seq, "release")
+        self.lengths[seq] = 0
+        self.uvalid[seq] = self.window
+        lm1 = self.cfg.conv_L_cache - 1
+        for i in self.cfg.conv_layers:
+            self.backend.write(self.conv[i][seq], np.zeros((lm1, self.cfg.hidden_size), np.float32))
+            if self.uwin is not None:
+                self.uwin[i][seq] = 0
+
     def check_seq(self, seq, what: str = "session") -> int:
         """A sequence slot of this session as an int; InputError for anything else (no negative
         indices counting from the end)."""

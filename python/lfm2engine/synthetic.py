@@ -3,7 +3,8 @@
 `default`: the built-in model every CLI uses when no --model is given — LFM2-8B-A1B's structure
 (24 layers, attention at 2, 6, 10, 14, 18, 21; 2 dense layers; 32 experts, top-4; sigmoid router
 with bias; tied embeddings) scaled to run in seconds on 2 cores. `full`: the real-size
-LFM2-8B-A1B (8.34B parameters, random weights) for GPU benchmarking. Each tensor is drawn from
+LFM2-8B-A1B (8.34B parameters, random weights) for GPU benchmarking. `real8`: the real matrix
+shapes with 8 layers, for CPU benchmarks at the shapes users run. Each tensor is drawn from
 its own seed (derived from its name), so files are identical whatever the write order.
 """
 
@@ -36,6 +37,10 @@ PRESETS = {
                     num_key_value_heads=2, intermediate_size=768, moe_intermediate_size=128,
                     max_position_embeddings=4096),
     "full": dict(LFM2_8B_A1B),
+    # LFM2-8B-A1B's real matrix shapes with 8 of its 24 layers (2 dense, attention at 2 and 6, 6 MoE):
+    # 2.46B parameters, 4.9 GB in bf16; the CPU benchmarks' real-shape model.
+    "real8": dict(LFM2_8B_A1B, num_hidden_layers=8,
+                  layer_types=["full_attention" if i in (2, 6) else "conv" for i in range(8)]),
 }
 # Bump when the generator changes, so cached copies are regenerated.
 GENERATOR_VERSION = 2

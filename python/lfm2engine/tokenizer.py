@@ -28,28 +28,12 @@ class Tokenizer:
     def decode(self, ids) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=False)
 
-
-class TextStream:
-    """Incremental decoding for streaming: push token ids one by one, get back the text each adds.
-    Text is held back while it ends in an incomplete UTF-8 sequence (a byte-level token may carry
-    part of a character), so the pieces concatenate to decode(all ids)."""
-
-    def __init__(self, tok: Tokenizer):
-        self.tok, self.ids, self.shown = tok, [], 0
-
-    def push(self, token: int) -> str:
-        self.ids.append(int(token))
-        text = self.tok.decode(self.ids)
-        if text.endswith("\ufffd"):
-            return ""
-        piece, self.shown = text[self.shown:], len(text)
-        return piece
-
-    def flush(self) -> str:
-        """Whatever push held back (a sequence that really ends in an invalid byte)."""
-        text = self.tok.decode(self.ids)
-        piece, self.shown = text[self.shown:], len(text)
-        return piece
+    def token_text(self, tid: int) -> str | None:
+        """The text of one token id; None for an id the tokenizer does not know (a model's
+        vocabulary may be larger than its tokenizer's)."""
+        if self.tok.id_to_token(int(tid)) is None:
+            return None
+        return self.decode([tid])
 
 
 def load_tokenizer(model_dir: str) -> Tokenizer | None:

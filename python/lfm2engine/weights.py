@@ -3,6 +3,8 @@
 One builder for every backend: each tensor (or fused stack) is prepared on the host in the
 storage dtype, then handed to `backend.upload` (no copy on host backends; one upload per tensor
 on the GPU, so at most one layer's expert stack is held twice at a time).
+Every tensor is checked for NaN/Inf in the storage dtype as it is loaded (`finite`; about
+10 GB/s, see checkpoint.all_finite).
 Layout: attention q | k | v projections fused into one [(H + 2 Hkv) Dh, D] matrix (one GEMM,
 then the qkv_split op); dense gate | up fused [2F, D]; experts stacked [E, 2Fe, D] (gate | up)
 and [E, D, Fe]. Projections are float32, bf16 bits (uint16) or float16; norms, conv taps,
@@ -16,7 +18,8 @@ import time
 
 import numpy as np
 
-from .checkpoint import Checkpoint
+from .checkpoint import Checkpoint, all_finite
+from .errors import CheckpointError
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -39,6 +42,23 @@ class LayerWeights:
         return c
 
 
+def finite(ck: Checkpoint, name: str, a: np.ndarray, dtype: str) -> np.ndarray:
+    """`a` (tensor `name` of `ck` in the engine's storage dtype), after checking that it holds no
+    NaN or Inf: a non-finite weight makes every logit it reaches NaN, so it is refused at load
+    (CheckpointError naming the tensor) instead of producing wrong tokens."""
+    if all_finite(a):
+        return a
+    src = np.asarray(ck.f32(name))
+    bad = np.flatnonzero(~np.isfinite(src))
+    if bad.size:
+        i = np.unravel_index(bad[0], src.shape)
+        raise CheckpointError(f"{ck.path}: tensor {name!r} holds {bad.size} non-finite value(s) (NaN/Inf), the "
+                              f"first at index {list(map(int, i))}: {src[i]}")
+    big = float(np.abs(src).max())
+    raise CheckpointError(f"{ck.path}: tensor {name!r} does not fit {dtype} (its largest |value| {big:.4g} "
+                          "overflows to Inf); load it with a wider dtype (float32, or bfloat16 instead of float16)")
+
+
 class Weights:
     """All weights of a model in the engine's storage dtype, on `backend`."""
 
@@ -46,14 +66,17 @@ class Weights:
         cfg = ck.config
         self.dtype = dtype
         if dtype == "float32":
-            host = lambda n: np.ascontiguousarray(ck.f32(n))  # noqa: E731
+            conv = lambda n: np.ascontiguousarray(ck.f32(n))  # noqa: E731
         elif dtype == "bfloat16":
-            host = lambda n: np.ascontiguousarray(ck.bf16(n))  # noqa: E731
+            conv = lambda n: np.ascontiguousarray(ck.bf16(n))  # noqa: E731
         else:
-            host = lambda n: np.ascontiguousarray(ck.f32(n).astype(np.float16))  # noqa: E731
+            def conv(n):  # an overflow to Inf is reported by `finite`, naming the tensor
+                with np.errstate(over="ignore"):
+                    return np.ascontiguousarray(ck.f32(n).astype(np.float16))
+        host = lambda n: finite(ck, n, conv(n), dtype)  # noqa: E731
         up = backend.upload
         proj = lambda n: up(host(n))  # noqa: E731
-        f32 = lambda n: up(np.ascontiguousarray(ck.f32(n), dtype=np.float32))  # noqa: E731
+        f32 = lambda n: up(finite(ck, n, np.ascontiguousarray(ck.f32(n), dtype=np.float32), "float32"))  # noqa: E731
         self.embed = proj("model.embed_tokens.weight")  # [V, D]
         self.head = self.embed if cfg.tie_word_embeddings else proj("lm_head.weight")  # [V, D]
         self.final_norm = f32("model.embedding_norm.weight")
@@ -72,8 +95,9 @@ class Weights:
             else:
                 c = p + "conv."
                 lw.in_proj, lw.out_proj = proj(c + "in_proj.weight"), proj(c + "out_proj.weight")
-                conv = np.ascontiguousarray(ck.f32(c + "conv.weight"), dtype=np.float32)
-                lw.conv_w = up(np.ascontiguousarray(conv.reshape(cfg.hidden_size, cfg.conv_L_cache)))  # [D, 1, L] -> [D, L]
+                taps = finite(ck, c + "conv.weight", np.ascontiguousarray(ck.f32(c + "conv.weight"), dtype=np.float32),
+                              "float32")
+                lw.conv_w = up(np.ascontiguousarray(taps.reshape(cfg.hidden_size, cfg.conv_L_cache)))  # [D, 1, L] -> [D, L]
             f = p + "feed_forward."
             if cfg.is_moe_layer(i):
                 lw.gate = f32(f + "gate.weight")  # [E, D]

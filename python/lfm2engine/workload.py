@@ -2,7 +2,8 @@
 
 inputs.bin:  int32 n, int32 seq_len, then n × seq_len int32 token ids.
 answers.bin / outputs.bin: int32 n, int32 vocab, then n × vocab float32 last-token logits.
-Validation: every logit within 1e-3 absolute of the answer -> VALID, plus top-1 accuracy.
+Validation: every logit within 1e-3 absolute of the answer -> VALID, plus top-1 accuracy; a NaN
+or Inf in outputs or answers is a mismatch (never VALID).
 `python -m lfm2engine.workload make` writes a workload and its answers from the NumPy reference.
 """
 
@@ -78,11 +79,13 @@ def validate(outputs: np.ndarray, answers: np.ndarray, atol: float = ATOL) -> di
         raise InputError(f"answers hold {answers.shape[0]} × {answers.shape[1]} logits; outputs are "
                          f"{outputs.shape[0]} × {outputs.shape[1]} (wrong answers file for this workload/model?)")
     ans = answers[:n]
-    diff = np.abs(outputs.astype(np.float64) - ans)
-    bad = diff > atol
+    with np.errstate(invalid="ignore"):  # Inf - Inf
+        diff = np.abs(outputs.astype(np.float64) - ans)
+    bad = ~(diff <= atol)  # NaN/Inf in outputs or answers fail too (NaN > atol is False)
     top1 = float(np.mean(np.argmax(outputs, axis=1) == np.argmax(ans, axis=1)))
-    res = {"valid": not bool(bad.any()), "top1_accuracy": top1, "max_abs_error": float(diff.max()),
-           "mismatches": int(bad.sum()), "samples": n}
+    res = {"valid": not bool(bad.any()), "top1_accuracy": top1, "max_abs_error": float(np.max(diff)),
+           "mismatches": int(bad.sum()), "samples": n,
+           "non_finite": int(np.count_nonzero(~np.isfinite(outputs)) + np.count_nonzero(~np.isfinite(ans)))}
     if bad.any():
         s, j = map(int, np.argwhere(bad)[0])
         res["first_mismatch"] = {"sample": s, "index": j, "output": float(outputs[s, j]), "answer": float(ans[s, j])}

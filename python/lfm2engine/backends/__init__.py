@@ -63,6 +63,10 @@ class Backend:
         """x[rows] as a new C-contiguous array; rows [R] int32 (a backend array)."""
         return np.ascontiguousarray(x[rows])
 
+    def picked_values(self, logits, ids: np.ndarray) -> np.ndarray:
+        """Host float32 [R]: logits[r, ids[r]] of backend logits [R, V] and host ids [R]."""
+        return np.asarray(logits)[np.arange(len(ids)), ids]
+
     def release(self) -> None:
         """Give cached memory back (between large models); nothing on host backends."""
 

@@ -7,8 +7,6 @@ Arrays are NumPy arrays on both, so uploads and downloads cost nothing and the M
 
 from __future__ import annotations
 
-import numpy as np
-
 from ..errors import BackendError
 from . import Backend
 
@@ -32,13 +30,6 @@ class CpuBackend(Backend):
     def __init__(self):
         self.core = core()
         self.ops = self.core.cpu
-        if not hasattr(self.ops, "qkv_split"):  # MERGE-TEMP: until the C++ op lands
-            import types
-
-            from .numpy_ops import qkv_split
-
-            self.ops = types.SimpleNamespace(**{n: getattr(self.ops, n) for n in dir(self.ops)
-                                                if not n.startswith("__")}, qkv_split=qkv_split)
 
     def set_num_threads(self, n: int) -> None:
         self.core.set_num_threads(int(n))

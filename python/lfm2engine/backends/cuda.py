@@ -74,6 +74,12 @@ class CudaBackend(Backend):
         self.ops.embedding(out, x, rows)  # x [T, D] serves as the table
         return out
 
+    def picked_values(self, logits, ids: np.ndarray) -> np.ndarray:
+        """R floats come down (not the logits): the rows of logits [R, V] as a table [R V, 1]."""
+        r, v = logits.shape
+        flat = self.upload((np.arange(r, dtype=np.int64) * v + ids).astype(np.int32))
+        return self.download(self.gather_rows(logits.reshape(r * v, 1), flat)).reshape(r)
+
     def release(self) -> None:
         self.ops.empty_cache()
 

@@ -56,6 +56,9 @@ def attention(out, q, kc, vc, seq, pos, mask=None):
     h, hkv = q.shape[1], kc.shape[1]
     for t in range(q.shape[0]):
         vis = np.nonzero(mask[t])[0] if mask is not None else np.arange(pos[t] + 1)
+        if len(vis) == 0:  # the contract: a token that sees nothing gets zeros
+            out[t] = 0.0
+            continue
         k = kc[seq[t]][:, vis].transpose(1, 0, 2)  # [Hkv, S, Dh] -> [S, Hkv, Dh]
         v = vc[seq[t]][:, vis].transpose(1, 0, 2)
         out[t] = ref.attention(q[t : t + 1], k, v, np.array([len(vis) - 1]))[0]
@@ -79,7 +82,8 @@ def shortconv(out, bcx, conv_w, state, seq, u_out=None):
 
 def swiglu(out, gu):
     f = out.shape[1]
-    out[:] = ref.swiglu(gu[:, :f], gu[:, f:])
+    with np.errstate(over="ignore"):  # exp(-gate) overflows to inf for gate << 0: silu -> -0, as in C++
+        out[:] = ref.swiglu(gu[:, :f], gu[:, f:])
 
 
 def moe_route(ids_out, w_out, logits, bias, norm_topk, scale):
@@ -90,13 +94,12 @@ def moe_route(ids_out, w_out, logits, bias, norm_topk, scale):
 
 def moe_expert_rows(out, x, eids, w13, w2):
     fe = w2.shape[2]
-    for n in range(x.shape[0]):
-        e = eids[n]
-        if e < 0:
-            out[n] = 0
-            continue
-        gu = w_f32(w13[e]) @ x[n]
-        out[n] = w_f32(w2[e]) @ ref.swiglu(gu[:fe], gu[fe:])
+    out[eids < 0] = 0
+    for e in np.unique(eids[eids >= 0]):  # each expert's weights converted once, its rows one at a time
+        a, b = w_f32(w13[e]), w_f32(w2[e])
+        for n in np.nonzero(eids == e)[0]:
+            gu = a @ x[n]
+            out[n] = b @ ref.swiglu(gu[:fe], gu[fe:])
 
 
 def moe_experts(out, x, ids, w, w13, w2):

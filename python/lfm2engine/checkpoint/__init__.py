@@ -1,20 +1,21 @@
 """Safetensors checkpoints in the Hugging Face layout: manifest, validation, memory-mapped loading,
 writing and editing. Names are HF's, unchanged (MODEL.md §3.1).
 
-Modules: manifest (what a checkpoint holds), dtypes (F32/F16/BF16 tags and conversions), reading
-(headers, validation, Checkpoint), writing (atomic_writer, write_safetensors, save_file,
+Modules: manifest (what a checkpoint holds), dtypes (F32/F16/BF16 tags and conversions), header
+(one safetensors header, parsed strictly), reading (validation against the manifest, Checkpoint), writing (atomic_writer, write_safetensors, save_file,
 save_pretrained), editing (write_pruned_checkpoint). Every name is importable from
 `lfm2engine.checkpoint`.
 """
 
-from .dtypes import DTYPE_TAGS, TAG_NAMES, as_f32, bf16_to_f32, encode, f32_to_bf16
+from .dtypes import DTYPE_TAGS, TAG_NAMES, all_finite, as_f32, bf16_to_f32, encode, f32_to_bf16
 from .editing import write_pruned_checkpoint
-from .manifest import INDEX_NAME, SINGLE_NAME, expected_tensors
-from .reading import Checkpoint, TensorRef, read_header, scan, validate
+from .header import TensorRef, read_header
+from .manifest import INDEX_NAME, SINGLE_NAME, expected_tensors, manifest_size
+from .reading import Checkpoint, scan, validate
 from .writing import atomic_writer, save_file, save_pretrained, write_safetensors
 
 __all__ = [
-    "Checkpoint", "DTYPE_TAGS", "INDEX_NAME", "SINGLE_NAME", "TAG_NAMES", "TensorRef", "as_f32", "atomic_writer",
-    "bf16_to_f32", "encode", "expected_tensors", "f32_to_bf16", "read_header", "save_file", "save_pretrained",
-    "scan", "validate", "write_pruned_checkpoint", "write_safetensors",
+    "Checkpoint", "DTYPE_TAGS", "INDEX_NAME", "SINGLE_NAME", "TAG_NAMES", "TensorRef", "all_finite", "as_f32", "atomic_writer",
+    "bf16_to_f32", "encode", "expected_tensors", "f32_to_bf16", "manifest_size", "read_header", "save_file",
+    "save_pretrained", "scan", "validate", "write_pruned_checkpoint", "write_safetensors",
 ]

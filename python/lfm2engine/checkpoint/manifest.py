@@ -54,3 +54,30 @@ def expected_tensors(cfg: LFM2Config) -> dict[str, tuple[int, ...]]:
             m[f + "w3.weight"] = (ff, d)
             m[f + "w2.weight"] = (d, ff)
     return m
+
+
+def manifest_size(cfg: LFM2Config) -> tuple[int, int]:
+    """(tensors, elements) of expected_tensors(cfg), counted without listing it: the reader compares
+    them with the checkpoint before listing a manifest that a config of 2**40 experts would make
+    endless."""
+    d, v = cfg.hidden_size, cfg.vocab_size
+    tensors, elements = 2, v * d + d
+    if not cfg.tie_word_embeddings:
+        tensors, elements = tensors + 1, elements + v * d
+    hd = cfg.num_attention_heads * cfg.head_dim
+    n_attn = len(cfg.attention_layers)
+    n_conv = cfg.num_hidden_layers - n_attn
+    tensors += 2 * cfg.num_hidden_layers + 6 * n_attn + 3 * n_conv
+    elements += 2 * d * cfg.num_hidden_layers
+    elements += n_attn * (hd * d + 2 * cfg.kv_dim * d + d * hd + 2 * cfg.head_dim)
+    elements += n_conv * (3 * d * d + d * cfg.conv_L_cache + d * d)
+    n_moe = cfg.num_hidden_layers - cfg.num_dense_layers if cfg.is_moe else 0
+    n_dense = cfg.num_hidden_layers - n_moe
+    tensors += 3 * n_dense
+    elements += n_dense * 3 * cfg.ffn_dim * d
+    if n_moe:
+        e, fe = cfg.num_experts, cfg.moe_intermediate_size
+        per = 1 + int(cfg.use_expert_bias) + 3 * e
+        tensors += n_moe * per
+        elements += n_moe * (e * d + (e if cfg.use_expert_bias else 0) + e * 3 * fe * d)
+    return tensors, elements

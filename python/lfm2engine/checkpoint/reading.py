@@ -7,77 +7,15 @@ CheckpointError, and only then maps data. Names are HF's, unchanged (MODEL.md §
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 
 import numpy as np
 
 from ..config import LFM2Config
 from ..errors import CheckpointError
 from .dtypes import DTYPE_TAGS, as_f32, f32_to_bf16
-from .manifest import INDEX_NAME, expected_tensors
-
-_MAX_HEADER = 100 * 1024 * 1024
-
-
-class TensorRef:
-    """Where one tensor lives: file, dtype tag, shape, absolute byte range."""
-
-    __slots__ = ("file", "dtype", "shape", "start", "end")
-
-    def __init__(self, file, dtype, shape, start, end):
-        self.file, self.dtype, self.shape, self.start, self.end = file, dtype, shape, start, end
-
-
-def read_header(path: str, problems: list[str]) -> dict[str, TensorRef]:
-    """Parse one .safetensors header; append every problem found to `problems`."""
-    name = os.path.basename(path)
-    try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            raw = f.read(8)
-            if len(raw) < 8:
-                problems.append(f"{name}: file is {size} bytes, too short for a safetensors header (truncated?)")
-                return {}
-            (hlen,) = struct.unpack("<Q", raw)
-            if hlen > _MAX_HEADER or 8 + hlen > size:
-                problems.append(f"{name}: header length {hlen} exceeds the file size {size} (truncated or not safetensors)")
-                return {}
-            header = json.loads(f.read(hlen).decode("utf-8"))
-    except OSError as e:
-        problems.append(f"{name}: cannot read ({e.strerror})")
-        return {}
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        problems.append(f"{name}: header is not valid JSON ({e}); the file is corrupt")
-        return {}
-    if not isinstance(header, dict):
-        problems.append(f"{name}: header is not a JSON object")
-        return {}
-    base = 8 + hlen
-    out: dict[str, TensorRef] = {}
-    for tname, info in header.items():
-        if tname == "__metadata__":
-            continue
-        try:
-            dt, shape, (b, e) = info["dtype"], tuple(int(s) for s in info["shape"]), info["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            problems.append(f"{name}: tensor {tname!r} has a malformed header entry {info!r}")
-            continue
-        if dt not in DTYPE_TAGS:
-            problems.append(f"{name}: tensor {tname!r} has dtype {dt}; supported: {', '.join(DTYPE_TAGS)}")
-            continue
-        nbytes = int(np.prod(shape, dtype=np.int64)) * DTYPE_TAGS[dt][1]
-        if not (0 <= b <= e) or e - b != nbytes:
-            problems.append(f"{name}: tensor {tname!r} byte range [{b}, {e}) does not hold shape {list(shape)} {dt}")
-            continue
-        if base + e > size:
-            problems.append(
-                f"{name}: tensor {tname!r} ends at byte {base + e} but the file has {size} bytes (truncated)"
-            )
-            continue
-        out[tname] = TensorRef(path, dt, shape, base + b, base + e)
-    return out
+from .header import TensorRef, read_header, strict_json
+from .manifest import INDEX_NAME, expected_tensors, manifest_size
 
 
 def scan(path: str | os.PathLike) -> dict[str, TensorRef]:
@@ -87,13 +25,7 @@ def scan(path: str | os.PathLike) -> dict[str, TensorRef]:
     idx = os.path.join(d, INDEX_NAME)
     refs: dict[str, TensorRef] = {}
     if os.path.isfile(idx):
-        try:
-            with open(idx, encoding="utf-8") as f:
-                wmap = json.load(f)["weight_map"]
-            if not isinstance(wmap, dict):
-                raise TypeError
-        except (OSError, KeyError, TypeError, json.JSONDecodeError, UnicodeDecodeError):
-            raise CheckpointError(f"{idx}: not a valid safetensors index (needs a 'weight_map' object)") from None
+        wmap = _read_index(idx)
         shards = sorted(set(wmap.values()))
         for s in shards:
             sp = os.path.join(d, s)
@@ -128,8 +60,40 @@ def _report(d: str, problems: list[str]) -> str:
     return f"{d}: {len(problems)} problem(s) in the checkpoint:\n  " + "\n  ".join(shown) + more
 
 
-def validate(cfg: LFM2Config, refs: dict[str, TensorRef], path: str) -> list[str]:
-    """Check presence and shapes against the manifest. Returns names of unexpected tensors (ignored)."""
+def _read_index(idx: str) -> dict[str, str]:
+    """{tensor name: shard file name} of a sharded checkpoint's index, strictly parsed."""
+    try:
+        with open(idx, "rb") as f:
+            doc = strict_json(f.read().decode("utf-8"))
+    except OSError as e:
+        raise CheckpointError(f"{idx}: cannot read ({e.strerror})") from None
+    except (UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"{idx}: not a valid safetensors index ({e})") from None
+    wmap = doc.get("weight_map") if isinstance(doc, dict) else None
+    if not isinstance(wmap, dict):
+        raise CheckpointError(f"{idx}: not a valid safetensors index (needs a 'weight_map' object)")
+    bad = sorted({repr(s) for s in wmap.values()
+                  if not (isinstance(s, str) and s.endswith(".safetensors") and os.path.basename(s) == s)})
+    if bad:
+        raise CheckpointError(f"{idx}: weight_map names shard(s) {', '.join(bad[:5])}; a shard must be a "
+                              "*.safetensors file name in the checkpoint directory")
+    return wmap
+
+
+# the manifest is listed only when it has at most this many tensors more than the checkpoint holds
+# (then every missing one is named); beyond, config and weights cannot belong together
+_LIST_SLACK = 10_000
+
+
+def validate(cfg: LFM2Config, refs: dict[str, TensorRef], path: str) -> None:
+    """Check the checkpoint's tensors against the manifest of `cfg`: every expected tensor present
+    with its shape, and no tensor the config does not describe. One CheckpointError lists all."""
+    hint = "\n  hint: does config.json belong to these weights?"
+    n_want, elements = manifest_size(cfg)
+    if n_want > len(refs) + _LIST_SLACK:
+        held = sum(r.end - r.start for r in refs.values())
+        raise CheckpointError(f"{path}: config.json describes {n_want} tensors ({elements} parameters, at least "
+                              f"{2 * elements} bytes); the checkpoint holds {len(refs)} tensors ({held} bytes)" + hint)
     want = expected_tensors(cfg)
     problems = []
     for n, shape in want.items():
@@ -138,9 +102,21 @@ def validate(cfg: LFM2Config, refs: dict[str, TensorRef], path: str) -> list[str
             problems.append(f"missing tensor {n!r} (expected shape {list(shape)})")
         elif r.shape != shape:
             problems.append(f"tensor {n!r} has shape {list(r.shape)}, expected {list(shape)}")
+    for n in sorted(set(refs) - set(want)):
+        problems.append(f"unexpected tensor {n!r}{_why_unexpected(cfg, n)}")
     if problems:
-        raise CheckpointError(_report(path, problems) + "\n  hint: does config.json belong to these weights?")
-    return sorted(set(refs) - set(want))
+        raise CheckpointError(_report(path, problems) + hint)
+
+
+def _why_unexpected(cfg: LFM2Config, name: str) -> str:
+    if name == "lm_head.weight" and cfg.tie_word_embeddings:
+        return " (the config ties the output head to the embeddings: tie_word_embeddings is true)"
+    parts = name.split(".")
+    if name.startswith("model.layers.") and parts[2].isdigit() and int(parts[2]) >= cfg.num_hidden_layers:
+        return f" (the config has num_hidden_layers = {cfg.num_hidden_layers})"
+    if ".experts." in name and cfg.is_moe:
+        return f" (the config has num_experts = {cfg.num_experts})"
+    return " (not in the config's manifest)"
 
 
 class Checkpoint:
@@ -151,7 +127,7 @@ class Checkpoint:
         self.path = os.fspath(path)
         self.config = cfg if cfg is not None else LFM2Config.from_hf(self.path)
         self.refs = scan(self.path)
-        self.unexpected = validate(self.config, self.refs, self.path)
+        validate(self.config, self.refs, self.path)
         self._maps: dict[str, np.memmap] = {}
 
     def dtype_of(self, name: str) -> str:
@@ -162,7 +138,9 @@ class Checkpoint:
         mm = self._maps.get(r.file)
         if mm is None:
             mm = self._maps[r.file] = np.memmap(r.file, dtype=np.uint8, mode="r")
-        np_dt = DTYPE_TAGS[r.dtype][0]
+        np_dt, item = DTYPE_TAGS[r.dtype]
+        if r.start % item:  # no header padding: data at any offset is legal; kernels need aligned arrays
+            return np.frombuffer(mm[r.start : r.end].tobytes(), dtype=np_dt).reshape(r.shape)
         return mm[r.start : r.end].view(np_dt).reshape(r.shape)
 
     def f32(self, name: str) -> np.ndarray:

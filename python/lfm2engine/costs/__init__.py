@@ -5,7 +5,7 @@ of the model, training memory, compute-optimal planning under a scaling law (lfm
 fine-tuning memory (freezing, adapters, LoRA, VeRA), pipeline/ZeRO/communication arithmetic, and
 KV-cache and roofline bounds for prefill and decode. It is arithmetic only: nothing is allocated or
 timed. Families by `model_type`: llama, lfm2, lfm2_moe, deepseek_v3. The LFM2-8B-A1B numbers must equal
-shared/design/MODEL.md §5-6; counts equal transformers' `num_parameters()` (checked in tests/test_costs.py).
+docs/MODEL.md §5-6; counts equal transformers' `num_parameters()` (checked in tests/test_costs.py).
 CLI: `python -m lfm2engine.costs {model,plan,finetune,parallel,inference,configs} ... [--json]` (docs/costs.md).
 
 Modules, one concern each: checks (argument validation), configs (config.json -> Arch; LFM2 rules

@@ -1,0 +1,394 @@
+"""Fuzzing as tests (issue 16, item 9): property-based tests (hypothesis) over the safetensors
+reader, the config parser, the workload files and the bindings' argument checks.
+
+The property everywhere: a typed lfm2engine error (the bindings: the TypeError / ValueError /
+IndexError their contract names), or success with finite results that match the reference.
+Derandomized (the same cases on every run, no example database), bounded to a few seconds per
+fuzzer; `pytest tests/test_fuzz.py --hypothesis-show-statistics` prints the cases each ran.
+"""
+
+import json
+import math
+import os
+import struct
+
+import numpy as np
+import pytest
+from helpers import assert_close, import_core
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from lfm2engine import Engine
+from lfm2engine import reference as ref
+from lfm2engine.checkpoint import Checkpoint, expected_tensors, manifest_size, save_pretrained
+from lfm2engine.config import LFM2Config, read_config_json
+from lfm2engine.errors import CheckpointError, ConfigError, InputError, LFM2Error
+from lfm2engine.synthetic import make_tensor, preset_config
+from lfm2engine.workload import read_inputs, read_logits, validate
+
+_core = import_core()
+
+FUZZ = settings(max_examples=200, deadline=None, derandomize=True, database=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
+                                       HealthCheck.data_too_large])
+
+CFG = preset_config("default").replace(num_hidden_layers=3, layer_types=("conv", "full_attention", "conv"),
+                                       num_experts=2, num_experts_per_tok=1, num_dense_layers=1, hidden_size=16,
+                                       num_attention_heads=2, num_key_value_heads=1, vocab_size=40,
+                                       intermediate_size=12, moe_intermediate_size=8)
+PROMPT = [3, 9, 1, 17, 5]
+
+# any JSON value, biased towards the numbers a header or config holds and their edge cases
+NUMBERS = (st.integers(-3, 70) | st.integers(-2**70, 2**70) | st.sampled_from([2**31, 2**63, 2**64 + 1])
+           | st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([256.9, 1e30, -0.0, 1e-40]))
+JSON = st.recursive(st.none() | st.booleans() | NUMBERS | st.text(max_size=6),
+                    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=6), c, max_size=3),
+                    max_leaves=8)
+
+
+class Valid(tuple):
+    """(header dict, data bytes, config.json text) of a valid checkpoint (short repr in reports)."""
+
+    def __repr__(self):
+        return "<valid tiny checkpoint>"
+
+
+@pytest.fixture(scope="module")
+def valid(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fuzz-valid")
+    save_pretrained(CFG, {n: make_tensor(CFG, n, s) for n, s in expected_tensors(CFG).items()}, str(d))
+    data = (d / "model.safetensors").read_bytes()
+    hlen = struct.unpack("<Q", data[:8])[0]
+    return Valid((json.loads(data[8 : 8 + hlen]), data[8 + hlen :], (d / "config.json").read_text()))
+
+
+def load_and_check(d: str) -> str:
+    """The property for a checkpoint directory: a typed error, or an engine whose logits are finite
+    and match the NumPy reference run on the weights as loaded."""
+    try:
+        eng = Engine.from_pretrained(d)
+        got = eng.logits([PROMPT])[0]
+    except LFM2Error as e:
+        event(type(e).__name__)
+        return type(e).__name__
+    assert np.isfinite(got).all()
+    ck = Checkpoint(d)
+    with np.errstate(all="ignore"):
+        # the float32 reference: with weights of 1e19 a float32 sum of squares overflows in the
+        # engine and in it alike (test_numerics_guards.test_rmsnorm_overflow, a known limit)
+        want = ref.forward(ck.state_dict_f32(), ck.config, PROMPT)
+    assert_close(got, want, k=8 * ck.config.hidden_size, name="fuzzed checkpoint logits")
+    event("loaded: logits match the reference")
+    return "loaded"
+
+
+def write_ck(d, header, body, config, pad=True):
+    os.makedirs(d, exist_ok=True)
+    hj = header if isinstance(header, bytes) else json.dumps(header, separators=(",", ":")).encode()
+    if pad:
+        hj += b" " * (-len(hj) % 8)
+    with open(os.path.join(d, "model.safetensors"), "wb") as f:
+        f.write(struct.pack("<Q", len(hj)) + hj + body)
+    with open(os.path.join(d, "config.json"), "w") as f:
+        f.write(config)
+    return d
+
+
+FIELDS = ("dtype", "shape", "data_offsets")
+EDIT = st.one_of(
+    st.tuples(st.just("set"), st.integers(0, 10**6), st.sampled_from(FIELDS), JSON),
+    st.tuples(st.just("nudge"), st.integers(0, 10**6), st.sampled_from(("shape", "data_offsets")),
+              st.integers(0, 1), st.integers(-9, 9)),
+    st.tuples(st.just("swap"), st.integers(0, 10**6), st.integers(0, 10**6)),
+    st.tuples(st.just("drop"), st.integers(0, 10**6)),
+    st.tuples(st.just("rename"), st.integers(0, 10**6), st.text(max_size=12)),
+    st.tuples(st.just("entry"), st.integers(0, 10**6), JSON),
+    st.tuples(st.just("key"), st.integers(0, 10**6), st.sampled_from(FIELDS), st.booleans()),
+)
+
+
+def apply(header: dict, edit) -> None:
+    names = sorted(k for k in header if k != "__metadata__")
+    op, i = edit[0], edit[1] % len(names)
+    n = names[i]
+    if op == "set" and isinstance(header[n], dict):
+        header[n][edit[2]] = edit[3]
+    elif op == "nudge" and isinstance(header[n], dict) and isinstance(header[n].get(edit[2]), list):
+        v = header[n][edit[2]]
+        if v:
+            j = edit[3] % len(v)
+            if isinstance(v[j], int):
+                v[j] += edit[4]
+    elif op == "swap":  # two tensors trade places in the data: legal where shapes and dtypes agree
+        m = names[edit[2] % len(names)]
+        header[n], header[m] = header[m], header[n]
+    elif op == "drop":
+        del header[n]
+    elif op == "rename":
+        header[edit[2]] = header.pop(n)
+    elif op == "entry":
+        header[n] = edit[2]
+    elif op == "key" and isinstance(header[n], dict):
+        if edit[3]:
+            header[n].pop(edit[2], None)
+        else:
+            header[n]["extra_" + edit[2]] = 1
+
+
+@FUZZ
+@given(edits=st.lists(EDIT, min_size=1, max_size=4), pad=st.booleans(), tail=st.integers(-40, 40))
+def test_fuzz_safetensors_header(valid, tmp_path_factory, edits, pad, tail):
+    header, body, config = valid
+    h = json.loads(json.dumps(header))
+    for e in edits:
+        apply(h, e)
+    body = body[:tail] if tail < 0 else body + bytes(tail)
+    load_and_check(write_ck(str(tmp_path_factory.mktemp("h")), h, body, config, pad))
+
+
+@FUZZ
+@given(flips=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), min_size=1, max_size=6),
+       cut=st.none() | st.floats(0, 1))
+def test_fuzz_safetensors_bytes(valid, tmp_path_factory, flips, cut):
+    """Raw byte edits anywhere (header or data) and truncation at any point."""
+    header, body, config = valid
+    hj = json.dumps(header, separators=(",", ":")).encode()
+    hj += b" " * (-len(hj) % 8)
+    raw = bytearray(struct.pack("<Q", len(hj)) + hj + body)
+    for where, byte in flips:
+        raw[int(where * len(raw))] = byte
+    if cut is not None:
+        raw = raw[: int(cut * len(raw))]
+    d = str(tmp_path_factory.mktemp("b"))
+    write_ck(d, b"", b"", config)
+    with open(os.path.join(d, "model.safetensors"), "wb") as f:
+        f.write(raw)
+    load_and_check(d)
+
+
+CONFIG_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+               "num_key_value_heads", "intermediate_size", "layer_types", "full_attn_idxs", "max_position_embeddings",
+               "norm_eps", "rope_theta", "rope_parameters", "conv_L_cache", "conv_bias", "tie_word_embeddings",
+               "tie_embedding", "bos_token_id", "eos_token_id", "pad_token_id", "moe_intermediate_size",
+               "num_experts", "num_experts_per_tok", "num_dense_layers", "use_expert_bias",
+               "routed_scaling_factor", "norm_topk_prob", "dtype", "head_dim", "block_ff_dim",
+               "block_auto_adjust_ff_dim", "block_ffn_dim_multiplier", "block_multiple_of")
+CONFIG_EDIT = st.one_of(
+    st.tuples(st.just("set"), st.sampled_from(CONFIG_KEYS), JSON),
+    st.tuples(st.just("del"), st.sampled_from(CONFIG_KEYS), st.none()),
+    st.tuples(st.just("scale"), st.sampled_from(CONFIG_KEYS), st.sampled_from([0, -1, 2, 3, 2**20, 2**62])),
+)
+
+
+def check_config(d: dict, shapes_only: bool) -> str:
+    try:
+        cfg = LFM2Config.from_dict(d, shapes_only=shapes_only)
+    except ConfigError:
+        event("ConfigError")
+        return "ConfigError"
+    event("accepted")
+    for f in ("norm_eps", "rope_theta", "routed_scaling_factor"):
+        assert math.isfinite(getattr(cfg, f))
+    n_tensors, n_elements = manifest_size(cfg)  # no overflow, no listing
+    assert 0 < n_tensors and 0 < n_elements < 2**127
+    if n_tensors <= 20_000:
+        m = expected_tensors(cfg)
+        assert len(m) == n_tensors and all(all(isinstance(s, int) and s >= 1 for s in sh) for sh in m.values())
+    if not shapes_only:  # a valid config survives its own HF form
+        assert LFM2Config.from_dict(cfg.to_hf_dict()) == cfg
+    return "ok"
+
+
+@FUZZ
+@given(base=st.sampled_from(["moe", "dense"]), edits=st.lists(CONFIG_EDIT, min_size=1, max_size=4),
+       shapes_only=st.booleans())
+def test_fuzz_config(base, edits, shapes_only):
+    d = CFG.to_hf_dict() if base == "moe" else {
+        "model_type": "lfm2", "vocab_size": 40, "hidden_size": 16, "num_hidden_layers": 3,
+        "num_attention_heads": 2, "intermediate_size": 30, "full_attn_idxs": [1]}
+    for op, key, v in edits:
+        if op == "set":
+            d[key] = v
+        elif op == "del":
+            d.pop(key, None)
+        elif isinstance(d.get(key), int) and not isinstance(d.get(key), bool):
+            d[key] = d[key] * v
+    check_config(d, shapes_only)
+
+
+@FUZZ
+@given(blob=st.binary(max_size=200) | JSON.map(lambda v: json.dumps(v).encode()))
+def test_fuzz_config_json_file(tmp_path_factory, blob):
+    p = tmp_path_factory.mktemp("c") / "config.json"
+    p.write_bytes(blob)
+    try:
+        d, _ = read_config_json(str(p))
+    except ConfigError:
+        event("ConfigError (file)")
+        return
+    assert isinstance(d, dict)
+    check_config(d, False)
+
+
+def header_then(n, m, body):
+    return struct.pack("<ii", n, m) + body
+
+
+def sized(n, m, delta, fill):
+    """A header (n, m) and a body of n*m*4 + delta bytes."""
+    return header_then(n, m, (fill * (4 * n * m + delta + 1))[: max(0, 4 * n * m + delta)])
+
+
+WORKLOAD_BYTES = st.one_of(
+    st.builds(sized, st.integers(1, 4), st.integers(1, 5), st.sampled_from([0, 0, 0, -1, 1, 4, -4]),
+              st.binary(min_size=1, max_size=8)),
+    st.binary(max_size=64),
+    st.builds(header_then, st.integers(-3, 6), st.integers(-3, 6), st.binary(max_size=160)),
+    st.builds(header_then, st.integers(-2**31, 2**31 - 1), st.integers(-2**31, 2**31 - 1), st.binary(max_size=16)),
+)
+
+
+@FUZZ
+@given(blob=WORKLOAD_BYTES, kind=st.sampled_from(["inputs", "logits"]))
+def test_fuzz_workload_files(tmp_path_factory, blob, kind):
+    p = tmp_path_factory.mktemp("w") / "f.bin"
+    p.write_bytes(blob)
+    try:
+        a = read_inputs(str(p)) if kind == "inputs" else read_logits(str(p))
+    except InputError:
+        event("InputError")
+        return
+    event("read")
+    n, m = struct.unpack("<ii", blob[:8])
+    assert a.shape == (n, m) and a.tobytes() == blob[8:]
+
+
+@pytest.fixture(scope="module")
+def engine(valid, tmp_path_factory):
+    """(engine, float64 weights) of the valid checkpoint."""
+    header, body, config = valid
+    d = write_ck(str(tmp_path_factory.mktemp("e")), header, body, config)
+    return Engine.from_pretrained(d), {k: v.astype(np.float64) for k, v in Checkpoint(d).state_dict_f32().items()}
+
+
+@FUZZ
+@given(ids=st.lists(st.integers(-2**31, 2**31 - 1) | st.integers(0, 45), min_size=1, max_size=6))
+def test_fuzz_workload_prompts(engine, tmp_path_factory, ids):
+    """An inputs.bin of arbitrary ids: InputError, or logits that are finite and equal the reference."""
+    eng, w64 = engine
+    p = tmp_path_factory.mktemp("p") / "in.bin"
+    p.write_bytes(struct.pack("<ii", 1, len(ids)) + np.asarray(ids, "<i4").tobytes())
+    prompts = list(read_inputs(str(p)))
+    try:
+        eng.check_prompts(prompts)
+    except InputError:
+        assert any(not 0 <= i < CFG.vocab_size for i in ids)
+        event("InputError")
+        return
+    event("ran")
+    got = eng.logits(prompts)[0]
+    assert np.isfinite(got).all()
+    assert_close(got, ref.forward(w64, CFG, ids), k=8 * CFG.hidden_size)
+
+
+VALUES = st.floats(width=32, allow_nan=True, allow_infinity=True)
+
+
+@FUZZ
+@given(out=st.lists(VALUES, min_size=6, max_size=6), ans=st.lists(VALUES, min_size=6, max_size=6))
+def test_fuzz_validation_never_passes_non_finite(out, ans):
+    o, a = np.array(out, np.float32).reshape(2, 3), np.array(ans, np.float32).reshape(2, 3)
+    res = validate(o, a)
+    finite = np.isfinite(o).all() and np.isfinite(a).all()
+    assert res["valid"] == bool(finite and (np.abs(o.astype(np.float64) - a) <= 1e-3).all())
+
+
+# ------------------------------------------------------------------ bindings
+DTYPES = ("float32", "float16", "uint16", "int32", "float64", "int64", "uint8")
+WEIGHT = ("float32", "uint16", "float16")
+
+
+def valid_args(op, t, k, n, v, wdt):
+    """(dtype, shape) of each array argument of a valid call of `op`."""
+    return {
+        "gemm": [("float32", (t, n)), ("float32", (t, k)), (wdt, (n, k))],
+        "rmsnorm": [("float32", (t, k)), ("float32", (t, k)), ("float32", (k,))],
+        "embedding": [("float32", (t, k)), (wdt, (v, k)), ("int32", (t,))],
+        "argmax": [("int32", (t,)), ("float32", (t, v))],
+        "swiglu": [("float32", (t, n)), ("float32", (t, 2 * n))],
+        "rope": [("float32", (t, n, 2 * k)), ("int32", (t,))],
+    }[op]
+
+
+MUTATION = st.one_of(
+    st.tuples(st.just("dtype"), st.integers(0, 2), st.sampled_from(DTYPES)),
+    st.tuples(st.just("dim"), st.integers(0, 2), st.integers(0, 2), st.integers(-2, 2)),
+    st.tuples(st.just("ndim"), st.integers(0, 2), st.booleans()),
+    st.tuples(st.just("layout"), st.integers(0, 2), st.sampled_from(["strided", "fortran", "readonly"])),
+    st.tuples(st.just("alias"), st.integers(0, 2), st.integers(0, 2)),
+)
+
+
+def build(dt, shape, rng, hi):
+    if dt == "uint16":  # bf16 bits of finite numbers
+        return (rng.standard_normal(shape).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+    if np.dtype(dt).kind == "f":
+        return (rng.standard_normal(shape) * 3).astype(dt)
+    return rng.integers(-1, hi + 2, size=shape).astype(dt)  # ids / positions, sometimes out of range
+
+
+@FUZZ
+@given(op=st.sampled_from(["gemm", "rmsnorm", "embedding", "argmax", "swiglu", "rope"]),
+       dims=st.tuples(st.integers(0, 4), st.integers(1, 9), st.integers(1, 5), st.integers(1, 7)),
+       wdt=st.sampled_from(WEIGHT), mutations=st.lists(MUTATION, max_size=2),
+       scalar=st.sampled_from([1e-5, 1e4, 0.0, -1.0, float("nan"), float("inf")]), seed=st.integers(0, 2**16))
+def test_fuzz_binding_arguments(op, dims, wdt, mutations, scalar, seed):
+    """Valid calls of the CPU ops with up to two argument mutations (dtype, a dimension, the rank,
+    layout, read-only output, aliasing): the binding raises the TypeError / ValueError /
+    IndexError of its contract, or its result equals the numpy backend's contract."""
+    from lfm2engine.backends import numpy_ops
+
+    rng = np.random.default_rng(seed)
+    specs = [[dt, list(sh)] for dt, sh in valid_args(op, *dims, wdt)]
+    alias, layout = {}, {}
+    for m in mutations:
+        i = m[1] % len(specs)
+        if m[0] == "dtype":
+            specs[i][0] = m[2]
+        elif m[0] == "dim" and specs[i][1]:
+            j = m[2] % len(specs[i][1])
+            specs[i][1][j] = max(0, specs[i][1][j] + m[3])
+        elif m[0] == "ndim":
+            specs[i][1] = specs[i][1][:-1] if m[2] else specs[i][1] + [1]
+        elif m[0] == "layout":
+            layout[i] = m[2]
+        else:
+            alias[i] = m[2] % len(specs)
+    hi = dims[3] if op == "embedding" else 2 * dims[0] + 3
+    args = [build(dt, tuple(sh), rng, hi) for dt, sh in specs]
+    for i, how in layout.items():
+        a = args[i]
+        if how == "strided" and a.ndim:
+            args[i] = np.repeat(a, 2, axis=-1)[..., ::2]
+        elif how == "fortran":
+            args[i] = np.asfortranarray(a)
+        else:
+            a.flags.writeable = False
+    for i, j in alias.items():
+        args[i] = args[j]
+    before = [a.copy() for a in args]
+    extra = (scalar,) if op in ("rmsnorm", "rope") else ()
+    try:
+        getattr(_core.cpu, op)(*args, *extra)
+    except (TypeError, ValueError, IndexError) as e:
+        event(f"{op}: {type(e).__name__}")
+        return
+    event(f"{op}: accepted")
+    want = [b.copy() for b in before]
+    with np.errstate(all="ignore"):
+        getattr(numpy_ops, op)(*want, *extra)
+    got, exp = args[0], want[0]
+    if got.dtype.kind == "f":
+        assert_close(got, exp, k=max([1] + [a.shape[-1] for a in args[1:] if a.ndim]), name=op)
+    else:
+        assert np.array_equal(got, exp), op
