@@ -99,8 +99,12 @@ def test_tokenizer_specials_and_hf(tok):
     assert (hf.bos_token_id, hf.eos_token_id, hf.pad_token_id) == (1, 2, 0)
     text = "And the LORD spake unto Moses, saying,"
     assert hf(text)["input_ids"] == tok.encode(text, add_bos=1)
-    chat = hf.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    msgs = [{"role": "user", "content": "hi"}]
+    chat = hf.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
     assert chat == "<|startoftext|><|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    from lfm2engine.serve.chat import ChatTemplate  # the server renders it the same way
+
+    assert ChatTemplate.from_model_dir(shipped_dir("tiny")).render(msgs) == chat
     assert len(tok.encode(text)) < len(text) / 3  # BPE trained on the corpus: whole words are tokens
 
 
