@@ -2,7 +2,8 @@
 
 Workload mode (default): last-token logits of each prompt of inputs.bin -> outputs.bin (atomic),
 -v validates against answers.bin. Generation mode (--prompt / --prompt-ids): continues the
-prompt by --max-new-tokens. Without --model, the built-in synthetic model and workload are used.
+prompt by --max-new-tokens; with --prompt the text is streamed to stdout token by token. Without
+--model, the built-in synthetic model and workload are used (--model tiny: the shipped trained model).
 Throughput goes to stderr; --json prints a machine-readable summary on stdout (rank 0).
 """
 
@@ -15,8 +16,9 @@ import sys
 import time
 
 from . import log
-from .cli import resolve_prompt
+from .cli import enable_bf16_dot, resolve_prompt
 from .errors import InputError
+from .models import SHIPPED, model_dir
 from .parallel import ParallelPlan, check_same_model, run_guarded
 from .synthetic import PRESETS
 from .parallel import data_parallel as dpl
@@ -31,8 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="LFM2 / LFM2-MoE inference. Workload mode (default) writes last-token logits of "
                     "inputs.bin to outputs.bin; generation mode (--prompt/--prompt-ids) continues a prompt. "
                     "Run under `mpirun -np R` to split the work over R ranks.")
-    ap.add_argument("--model", help="Hugging Face checkpoint directory (config.json + *.safetensors). "
-                                    "Default: the built-in synthetic model (see --config)")
+    ap.add_argument("--model", help="Hugging Face checkpoint directory (config.json + *.safetensors) or a shipped "
+                                    f"model ({', '.join(SHIPPED)}: trained on the King James Bible, with a "
+                                    "tokenizer). Default: the built-in synthetic model (see --config)")
     ap.add_argument("--config", default="default", choices=tuple(PRESETS),
                     help="built-in synthetic model when --model is absent: 'default' (LFM2-8B-A1B structure "
                          "scaled to run in seconds), 'real8' (its real shapes, 8 layers, 4.9 GB) or 'full' "
@@ -71,9 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_model(args, comm) -> str:
     if args.model:
-        if not os.path.isdir(args.model):
-            raise InputError(f"--model {args.model}: not a directory")
-        return args.model
+        return model_dir(args.model, "--model")
     from .synthetic import default_model_dir
 
     if comm.Get_rank() == 0:
@@ -96,14 +97,7 @@ def load_engine(args, comm, model_dir):
     from . import _core
 
     if args.bf16_dot:
-        if args.dtype != "bfloat16" or args.device != "cpu":
-            raise InputError(f"--bf16-dot needs --dtype bfloat16 on the cpu device (got --dtype {args.dtype}, "
-                             f"--device {args.device})")
-        try:
-            _core.set_bf16_dot(True)
-        except ValueError as e:  # no AVX512_BF16, or a SIMD path below avx512
-            raise InputError(f"--bf16-dot: {e} (SIMD path {_core.simd_level()}; CPU features: "
-                             f"{', '.join(_core.cpu_features())})") from None
+        enable_bf16_dot(args.dtype, args.device)
     numerics = f"simd {_core.simd_level()}, bf16 dot {'on' if _core.bf16_dot() else 'off'}"
     t0 = time.perf_counter()
     eng = Engine.from_pretrained(model_dir, dtype=args.dtype, device=args.device, num_threads=threads,
@@ -195,10 +189,24 @@ def run_generation(args, comm, eng, model_dir) -> dict:
             t_first[0] = time.perf_counter()
         steps["n"] = step
 
+    # Text mode: the prompt, then each token's text as it comes (rank 0 runs the single prompt under
+    # every plan), decoded incrementally as the server does (a split UTF-8 character is held back).
+    from .serve.request import TextTracker
+
+    stream = TextTracker(tok, []) if tok is not None and rank == 0 and not args.json else None
+    on_token = None
+    if stream is not None:
+        sys.stdout.write(args.prompt)
+        sys.stdout.flush()
+
+        def on_token(_i, token):
+            sys.stdout.write(stream.push(token))
+            sys.stdout.flush()
+
     # dp: rank 0 runs the prompt; ep: rank 0 runs it, the others serve their experts; tp: all run it
     res = dpl.plan_generate(eng, eng.parallel_plan, comm, [prompt], args.max_new_tokens, on_step=on_step,
-                            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                            stop_at_eos=args.stop_at_eos)
+                            on_token=on_token, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                            seed=args.seed, stop_at_eos=args.stop_at_eos)
     out = res[0] if rank == 0 else []
     elapsed = time.perf_counter() - t0
     comm.Barrier()
@@ -213,8 +221,10 @@ def run_generation(args, comm, eng, model_dir) -> dict:
             summary["text"] = tok.decode(out)
         log.info(f"prompt {len(prompt)} tokens, generated {len(out)} in {elapsed:.3f} s "
                  f"(prefill {summary['prefill_tokens_per_s']:.1f} tok/s, decode {summary['decode_tokens_per_s']:.1f} tok/s)")
-        if not args.json:
-            print(summary.get("text", " ".join(map(str, out))), flush=True)
+        if stream is not None:
+            print(stream.push(None), flush=True)
+        elif not args.json:
+            print(" ".join(map(str, out)), flush=True)
     return summary
 
 
