@@ -219,12 +219,12 @@ def run_generation(args, comm, eng, model_dir) -> dict:
                        decode_tokens_per_s=max(len(out) - 1, 0) / decode_s)
         if tok is not None:
             summary["text"] = tok.decode(out)
-        log.info(f"prompt {len(prompt)} tokens, generated {len(out)} in {elapsed:.3f} s "
-                 f"(prefill {summary['prefill_tokens_per_s']:.1f} tok/s, decode {summary['decode_tokens_per_s']:.1f} tok/s)")
-        if stream is not None:
+        if stream is not None:  # the streamed text's tail and its newline, before the stats line on stderr
             print(stream.push(None), flush=True)
         elif not args.json:
             print(" ".join(map(str, out)), flush=True)
+        log.info(f"prompt {len(prompt)} tokens, generated {len(out)} in {elapsed:.3f} s "
+                 f"(prefill {summary['prefill_tokens_per_s']:.1f} tok/s, decode {summary['decode_tokens_per_s']:.1f} tok/s)")
     return summary
 
 
