@@ -331,7 +331,7 @@ def tables(res) -> str:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="moe", choices=("moe", "dense"),
+    ap.add_argument("--model", default="moe", choices=("moe", "dense", "tiny"),
                     help="which sweep: the built-in synthetic MoE or the 271M-parameter synthetic dense LFM2")
     ap.add_argument("--json", help="the sweep's JSON (default analysis/out/specdecode_sweep_{model}.json)")
     ap.add_argument("--figures", default=os.path.join(HERE, "figures"), help="where the PNG files go")

@@ -2,9 +2,11 @@
 agree), confidence threshold, tree width, greedy vs sampling, plus the costs that explain them
 (draft step, one verification forward of T tokens).
 
-Two targets: `moe` = the built-in synthetic LFM2-8B-A1B-shaped model (78M parameters, 32 experts,
-top-4), and `dense` = a synthetic dense LFM2 of 271M parameters whose decode step is bound by
-reading the weights (written once to the lfm2engine cache). Every speed-up is a ratio against
+Three targets: `moe` = the built-in synthetic LFM2-8B-A1B-shaped model (78M parameters, 32 experts,
+top-4), `dense` = a synthetic dense LFM2 of 271M parameters whose decode step is bound by
+reading the weights (written once to the lfm2engine cache), and `tiny` = the shipped trained
+LFM2-MoE (3.4M parameters, 8 experts, top-2) with its trained dense draft `tiny-draft` among the
+drafts and prompts taken from the held-out KJV text (the "trained pair" of analysis/specdecode.md). Every speed-up is a ratio against
 plain decoding of the same target in the same process, the two alternating (median of --repeats
 pairs); greedy runs are also checked token for token against plain decoding. The ops run on one
 thread by default: on a shared 2-core machine, OpenMP barriers of two threads are at the mercy of
@@ -15,6 +17,7 @@ discusses them. Asserts nothing on time.
     python benchmarks/bench_specdecode.py --model moe          # ~20 min on 2 cores (1167 s last time)
     python benchmarks/bench_specdecode.py --model dense --prompts 1 --max-new-tokens 40   # ~52 min (3098 s)
     python benchmarks/bench_specdecode.py --model moe --quick  # fewer drafts and k values
+    python benchmarks/bench_specdecode.py --model tiny --quick # the trained pair (~10 min on 2 busy cores)
 
 While a sweep runs, the JSON is rewritten after every configuration with "partial": true; the
 final write drops that key. A partial JSON (an interrupted sweep) still plots.
@@ -105,10 +108,26 @@ def dense_target_dir():
     return d
 
 
-def build_drafts(target, tdir, workdir, quick):
+TRAINED = "trained tiny-draft"
+
+
+def text_prompts(n):
+    """n prompts of BOS + the first 15 tokens of held-out KJV verses, spread over the split."""
+    from lfm2engine.models import held_out_text, shipped_dir
+    from lfm2engine.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(shipped_dir("tiny"))
+    with open(held_out_text(), encoding="utf-8") as f:
+        verses = [v for v in f.read().splitlines() if len(v) > 80]
+    return [[1] + tok.encode(v)[:15] for v in verses[:: max(1, len(verses) // n)][:n]]
+
+
+def build_drafts(target, tdir, workdir, quick, trained=False):
     from lfm2engine import Engine
 
     drafts = []  # (name, engine, kind)
+    if trained:
+        drafts.append((TRAINED, Engine.from_pretrained("tiny-draft"), "trained checkpoint"))
     t0 = time.perf_counter()
     n_max = min(12, target.config.num_hidden_layers - 1)
     order = skip_order(target, n_max)
@@ -125,6 +144,7 @@ def build_drafts(target, tdir, workdir, quick):
         drafts.append(("f16 weights", Engine.from_pretrained(tdir, dtype="float16"), "reduced precision"))
         if target.config.is_moe:
             drafts.append(("bf16+topk=2", bf.derive(top_k=2), "reduced precision"))
+    if not quick or trained:  # always agrees: the verification costs inside the runs come from it
         drafts.append(("target itself", target, "upper bound"))
     n_prune = min(8, n_max)
     pruned = write_pruned_checkpoint(tdir, order[:n_prune], os.path.join(workdir, "pruned"))
@@ -138,11 +158,17 @@ def run(args):
     from lfm2engine import Engine, _core
     from lfm2engine.synthetic import default_model_dir
 
-    tdir = args.target or (dense_target_dir() if args.model == "dense" else default_model_dir("default"))
+    from lfm2engine.models import shipped_dir
+
+    trained = args.model == "tiny"
+    tdir = args.target or {"dense": dense_target_dir, "tiny": lambda: shipped_dir("tiny")}.get(
+        args.model, lambda: default_model_dir("default"))()
     target = Engine.from_pretrained(tdir, num_threads=args.threads)  # the drafts run with the same threads
     cfg = target.config
     rng = np.random.default_rng(100)
     prompts = [[cfg.bos_token_id or 1] + rng.integers(2, cfg.vocab_size, 15).tolist() for _ in range(args.prompts)]
+    if trained:  # a trained model: real text, as it would be used
+        prompts = text_prompts(args.prompts)
     n_new, reps = args.max_new_tokens, args.repeats
     ks = list(range(1, args.kmax + 1)) if not args.quick else [1, 2, 4, 8]
     cpu = cpu_model() or platform.processor() or platform.machine()
@@ -154,7 +180,7 @@ def run(args):
                       "vocab": cfg.vocab_size, "experts": cfg.num_experts, "top_k": cfg.num_experts_per_tok},
            "prompts": prompts, "max_new_tokens": n_new, "repeats": reps}
     with tempfile.TemporaryDirectory() as work:
-        drafts, order = build_drafts(target, tdir, work, args.quick)
+        drafts, order = build_drafts(target, tdir, work, args.quick, trained)
         res["skip_order"] = order
         # ---- costs, as ratios to one target decode step measured alternately with them
         p0 = prompts[0]
@@ -207,19 +233,20 @@ def run(args):
                 rec(name, measure(target, by_name[name], prompts, n_new, k, repeats=reps), sweep="long-k")
         # a draft that agrees about half of the time: where thresholds and trees have room to help
         mid = min(res["drafts"], key=lambda n: abs(res["drafts"][n]["agreement"] - 0.5))
+        focus = [best, mid] + ([TRAINED] if trained else [])
         # ---- dynamic draft length: confidence threshold at the largest k
-        for name in dict.fromkeys([best, mid]):
+        for name in dict.fromkeys(focus):
             for thr in (0.0, 0.2, 0.4, 0.6, 0.8, 0.9, 0.95, 0.99):
                 rep = measure(target, by_name[name], prompts, n_new, max(ks), thr, repeats=reps)
                 rec(name, rep, sweep="threshold")
         # ---- tree verification
-        for name in dict.fromkeys([best, mid]):
+        for name in dict.fromkeys(focus):
             for k in (2, 4):
                 for w in (1, 2, 3, 4):
                     rep = measure(target, by_name[name], prompts, n_new, k, width=w, repeats=reps)
                     rec(name, rep, sweep="tree")
         # ---- sampling at temperature 1
-        for name in dict.fromkeys([best, mid]):
+        for name in dict.fromkeys(focus):
             for k in ks:
                 rep = measure(target, by_name[name], prompts, n_new, k, temperature=1.0, seed=3, repeats=reps)
                 rec(name, rep, sweep="sampling")
@@ -229,8 +256,9 @@ def run(args):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="moe", choices=("moe", "dense"),
-                    help="moe: the built-in synthetic MoE; dense: a 271M-parameter synthetic dense LFM2")
+    ap.add_argument("--model", default="moe", choices=("moe", "dense", "tiny"),
+                    help="moe: the built-in synthetic MoE; dense: a 271M-parameter synthetic dense LFM2; "
+                         "tiny: the shipped trained pair (tiny + tiny-draft) on held-out text")
     ap.add_argument("--target", help="target checkpoint directory instead of the --model preset")
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--prompts", type=int, default=3, help="number of 16-token prompts, decoded one after another")

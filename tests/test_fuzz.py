@@ -76,8 +76,8 @@ def load_and_check(d: str) -> str:
     assert np.isfinite(got).all()
     ck = Checkpoint(d)
     with np.errstate(all="ignore"):
-        # the float32 reference: with weights of 1e19 a float32 sum of squares overflows in the
-        # engine and in it alike (test_numerics_guards.test_rmsnorm_overflow, a known limit)
+        # the float32 reference: with weights of 1e19 a float32 sum of squares overflows, and the
+        # engine and it rescale such rows alike (test_numerics_guards.test_rmsnorm_overflow)
         want = ref.forward(ck.state_dict_f32(), ck.config, PROMPT)
     assert_close(got, want, k=8 * ck.config.hidden_size, name="fuzzed checkpoint logits")
     event("loaded: logits match the reference")

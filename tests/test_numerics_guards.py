@@ -134,12 +134,33 @@ def test_no_token_printed_from_nan_logits(overflowing, tmp_path):
     assert r.stdout.strip() == "", r.stdout  # nothing generated is printed
 
 
-@pytest.mark.xfail(strict=True, reason="known limit found by tests/test_fuzz.py: rmsnorm sums squares in float32, "
-                                       "so a row with RMS beyond ~1.8e19 normalizes to zeros (finite, wrong)")
 def test_rmsnorm_overflow():
+    """Found by tests/test_fuzz.py: a finite row whose float32 sum of squares overflows (RMS beyond
+    ~1.8e19) is rescaled by max|x| instead of normalizing to zeros, in the C++ op (every SIMD level),
+    the fused loop's norms (the same op) and the reference alike; ordinary rows keep their bits."""
+    from lfm2engine import reference as ref
     from lfm2engine.backends.cpu import core
 
-    x = np.full((1, 16), 1e19, np.float32)
+    _core = core()
+    x = np.full((3, 16), 1e19, np.float32)
+    x[1, ::2] = -3e38  # near float32's largest value
+    x[2] = np.linspace(-2.0, 3.0, 16, dtype=np.float32)  # an ordinary row beside them
+    w = np.linspace(0.5, 1.5, 16, dtype=np.float32)
+    want = ref.rmsnorm(x.astype(np.float64), w.astype(np.float64), 1e-5)
+    assert np.allclose(want[0], w) and np.isfinite(want).all()
+    got32 = ref.rmsnorm(x, w, 1e-5)
+    assert np.isfinite(got32).all() and np.allclose(got32, want, rtol=1e-5)
+    ordinary = np.empty((1, 16), np.float32)
+    for level in ("avx512", "avx2", "scalar")[("avx512", "avx2", "scalar").index(_core.detected_simd_level()):]:
+        _core.set_simd_level(level)
+        out = np.empty_like(x)
+        _core.cpu.rmsnorm(out, x, w, 1e-5)
+        assert np.all(np.isfinite(out)) and np.allclose(out, want, rtol=1e-5), level
+        _core.cpu.rmsnorm(ordinary, x[2:], w, 1e-5)
+        assert np.array_equal(ordinary[0], out[2]), "an ordinary row's bits do not depend on its neighbours"
+    _core.set_simd_level(_core.detected_simd_level())
+    inf = x.copy()
+    inf[0, 3] = np.inf
     out = np.empty_like(x)
-    core().cpu.rmsnorm(out, x, np.ones(16, np.float32), 1e-5)
-    assert np.all(np.isfinite(out)) and np.allclose(out, 1.0, rtol=1e-5)
+    _core.cpu.rmsnorm(out, inf, w, 1e-5)
+    assert not np.isfinite(out[0]).all(), "a row holding inf stays non-finite (the logits check names it)"

@@ -3,6 +3,9 @@
 // Used for the layer norms (R = T) and the per-head q/k norms (R = T·H, D = Dh).
 // Row-invariant: a row's sum of squares is a lane-wise sum in index order + fixed hsum.
 // out may alias x exactly (in place): a row is fully read before it is written.
+// Overflow: where the float sum of squares of a finite row is +inf (RMS above ~1.8e19), the row is
+// rescaled by m = max|x|: den = m * sqrt(mean((x/m)²) + eps/m²) (a scalar pass in index order; the
+// CUDA op and reference.rmsnorm take the same branch), so such rows are normalized, not zeroed.
 #include <cmath>
 
 #include "core/threading.h"
@@ -11,6 +14,19 @@
 
 namespace lfm2::cpu {
 namespace {
+
+// The denominator of a row whose float sum of squares `ss` overflowed; non-finite rows keep it.
+float overflow_den(const float* xr, int64_t D, float ss, float eps) {
+    float m = 0.0f;
+    for (int64_t d = 0; d < D; ++d) m = std::fmax(m, std::fabs(xr[d]));
+    if (!std::isfinite(m) || m == 0.0f) return std::sqrt(ss / float(D) + eps);
+    float s = 0.0f;
+    for (int64_t d = 0; d < D; ++d) {
+        const float v = xr[d] / m;
+        s = std::fma(v, v, s);
+    }
+    return m * std::sqrt(s / float(D) + eps / (m * m));
+}
 
 template <class S>
 struct RmsnormRows {
@@ -30,7 +46,8 @@ struct RmsnormRows {
                 F v = S::load_partial(xr + d, int(D - d));
                 acc = S::fmadd(v, v, acc);
             }
-            float den = std::sqrt(S::hsum(acc) / float(D) + eps);
+            const float ss = S::hsum(acc);
+            const float den = std::isinf(ss) ? overflow_den(xr, D, ss, eps) : std::sqrt(ss / float(D) + eps);
             F dv = S::set1(den);
             for (d = 0; d + S::W <= D; d += S::W) S::store(o + d, S::mul(S::div(S::load(xr + d), dv), S::load(w + d)));
             if (d < D) {

@@ -9,6 +9,20 @@
 namespace lfm2::cuda {
 namespace {
 
+// cpu/rmsnorm.cpp's overflow rule (a finite row whose float sum of squares is +inf is rescaled by
+// max|x|), computed serially by every thread of the row: a rare path, the same order as the CPU.
+__device__ float overflow_den(const float* xr, int64_t D, float ss, float eps) {
+    float m = 0.0f;
+    for (int64_t d = 0; d < D; ++d) m = fmaxf(m, fabsf(xr[d]));
+    if (!isfinite(m) || m == 0.0f) return sqrtf(ss / float(D) + eps);
+    float s = 0.0f;
+    for (int64_t d = 0; d < D; ++d) {
+        const float v = xr[d] / m;
+        s = fmaf(v, v, s);
+    }
+    return m * sqrtf(s / float(D) + eps / (m * m));
+}
+
 template <int TPR>  // threads per row: 32 (a warp) or 256 (a block)
 __global__ void rmsnorm_kernel(float* out, const float* x, const float* __restrict__ w, int64_t R, int64_t D,
                                float eps) {
@@ -32,7 +46,7 @@ __global__ void rmsnorm_kernel(float* out, const float* x, const float* __restri
             __syncthreads();  // part is reused by the next row
         }
         if (!live) continue;
-        const float den = sqrtf(ss / float(D) + eps);
+        const float den = isinf(ss) ? overflow_den(xr, D, ss, eps) : sqrtf(ss / float(D) + eps);
         float* o = out + r * D;
         for (int64_t d = lt; d < D; d += TPR) o[d] = (xr[d] / den) * w[d];
     }

@@ -3,7 +3,8 @@
 `parse_list` reads a comma-separated list of integers or numbers ("1,2,4", with ranges "1-8"),
 optionally bounded, and raises InputError messages that name the flag. `resolve_prompt` turns
 `--prompt TEXT` (through the checkpoint's tokenizer.json, BOS prepended) or `--prompt-ids 1,2,3`
-into token ids. Used by `lfm2engine.generate` and `lfm2engine.specdecode`.
+into token ids. `enable_bf16_dot` checks and applies --bf16-dot. Used by `lfm2engine.generate`,
+`lfm2engine.specdecode` and `lfm2engine.perplexity`.
 """
 
 from __future__ import annotations
@@ -58,6 +59,21 @@ def _bounds(low, high) -> str:
     if low is None:
         return f"< {high:g}"
     return f"in [{low:g}, {high:g})"
+
+
+def enable_bf16_dot(dtype: str, device: str) -> None:
+    """--bf16-dot: turn on the bf16 dot mode of the CPU ops (`_core.set_bf16_dot`); InputError unless
+    --dtype bfloat16 on the cpu device of a CPU with AVX512_BF16."""
+    from . import _core
+
+    if dtype != "bfloat16" or device != "cpu":
+        raise InputError(f"--bf16-dot needs --dtype bfloat16 on the cpu device (got --dtype {dtype}, "
+                         f"--device {device})")
+    try:
+        _core.set_bf16_dot(True)
+    except ValueError as e:  # no AVX512_BF16, or a SIMD path below avx512
+        raise InputError(f"--bf16-dot: {e} (SIMD path {_core.simd_level()}; CPU features: "
+                         f"{', '.join(_core.cpu_features())})") from None
 
 
 class Prompt(NamedTuple):

@@ -22,6 +22,7 @@ from .backends import Backend, get_backend
 from .checkpoint import Checkpoint, all_finite
 from .config import LFM2Config
 from .errors import BackendError, CheckpointError, InputError, NumericsError
+from .models import resolve_name
 from .tree import TreePass, tree_shortconv
 from .weights import DTYPES, Weights
 
@@ -96,7 +97,7 @@ class Engine:
         if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer))
                                         or num_threads < 1):
             raise InputError(f"num_threads must be an integer >= 1 (or None: the default), found {num_threads!r}")
-        ck = Checkpoint(path)
+        ck = Checkpoint(resolve_name(path))  # a directory, or a shipped model's name ("tiny")
         if num_threads:
             backend.set_num_threads(int(num_threads))
         before = _file_ids(ck)
@@ -141,16 +142,17 @@ class Engine:
 
     def generate(self, batch, max_new_tokens: int = 16, temperature: float = 0.0, top_k: int = 0,
                  top_p: float = 1.0, seed: int | None = None, stop_at_eos: bool = False,
-                 request_ids=None, on_step=None) -> list[list[int]]:
+                 request_ids=None, on_step=None, on_token=None) -> list[list[int]]:
         """Continue every prompt; greedy unless temperature > 0. Sampling draws from a generator per
-        request (seeded by (seed, request id)), so the tokens do not depend on the batch split."""
+        request (seeded by (seed, request id)), so the tokens do not depend on the batch split.
+        on_step(step, live) after each step; on_token(i, token) as prompt i gets a token (streaming)."""
         from .generation import decode_loop
         from .sampling import Sampler
 
         prompts = self.check_prompts(batch, max_new_tokens)
         sampler = Sampler(temperature, top_k, top_p, seed,
                           request_ids if request_ids is not None else range(len(prompts)))
-        return decode_loop(self, prompts, max_new_tokens, sampler, stop_at_eos, on_step)
+        return decode_loop(self, prompts, max_new_tokens, sampler, stop_at_eos, on_step, on_token=on_token)
 
     # ------------------------------------------------------------------ the backend's fast path
     def fused_model(self):

@@ -2,7 +2,8 @@
 
 Workload mode (default): last-token logits of each prompt of inputs.bin -> outputs.bin (atomic),
 -v validates against answers.bin. Generation mode (--prompt / --prompt-ids): continues the
-prompt by --max-new-tokens. Without --model, the built-in synthetic model and workload are used.
+prompt by --max-new-tokens; with --prompt the text is streamed to stdout token by token. Without
+--model, the built-in synthetic model and workload are used (--model tiny: the shipped trained model).
 Throughput goes to stderr; --json prints a machine-readable summary on stdout (rank 0).
 """
 
@@ -19,8 +20,9 @@ import numpy as np
 
 from . import log
 from .checkpoint import check_writable
-from .cli import resolve_prompt
+from .cli import enable_bf16_dot, resolve_prompt
 from .errors import InputError
+from .models import SHIPPED, model_dir
 from .parallel import ParallelPlan, agree, check_same_model, run_guarded
 from .sampling import Sampler
 from .synthetic import PRESETS
@@ -37,8 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="LFM2 / LFM2-MoE inference. Workload mode (default) writes last-token logits of "
                     "inputs.bin to outputs.bin; generation mode (--prompt/--prompt-ids) continues a prompt. "
                     "Run under `mpirun -np R` to split the work over R ranks.")
-    ap.add_argument("--model", help="Hugging Face checkpoint directory (config.json + *.safetensors). "
-                                    "Default: the built-in synthetic model (see --config)")
+    ap.add_argument("--model", help="Hugging Face checkpoint directory (config.json + *.safetensors) or a shipped "
+                                    f"model ({', '.join(SHIPPED)}: trained on the King James Bible, with a "
+                                    "tokenizer). Default: the built-in synthetic model (see --config)")
     ap.add_argument("--config", default="default", choices=tuple(PRESETS),
                     help="built-in synthetic model when --model is absent: 'default' (LFM2-8B-A1B structure "
                          "scaled to run in seconds), 'real8' (its real shapes, 8 layers, 4.9 GB) or 'full' "
@@ -97,11 +100,6 @@ def check_args(args, rank: int) -> None:
         raise InputError(f"--threads must be >= 1, found {args.threads} (leave it out for the default)")
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, found {args.batch_size}")
-    if args.bf16_dot and (args.dtype != "bfloat16" or args.device != "cpu"):
-        raise InputError(f"--bf16-dot needs --dtype bfloat16 on the cpu device (got --dtype {args.dtype}, "
-                         f"--device {args.device})")
-    if args.model is not None and not os.path.isdir(args.model):
-        raise InputError(f"--model {args.model}: not a directory")
     if generation_mode(args):
         for flag, given in (("-v", args.validate), ("--inputs", args.inputs), ("--answers", args.answers),
                             ("-n", args.n is not None)):
@@ -126,7 +124,7 @@ def resolve_model(args, comm) -> str:
     """The checkpoint directory; the built-in synthetic one is written by rank 0 on first use
     (agree() is the barrier before the other ranks read it)."""
     if args.model:
-        return args.model
+        return agree(comm, lambda: model_dir(args.model, "--model"))  # a directory, or a shipped model's name
     from .synthetic import default_model_dir
 
     first = comm.Get_rank() == 0
@@ -206,15 +204,8 @@ def load_engine(args, comm, model_dir, inputs: dict | None = None):
     threads = args.threads or default_threads(node_local(comm)[1])  # cores shared by this node's ranks
     from . import _core
 
-    def bf16_dot():
-        if args.bf16_dot:
-            try:
-                _core.set_bf16_dot(True)
-            except ValueError as e:  # no AVX512_BF16, or a SIMD path below avx512
-                raise InputError(f"--bf16-dot: {e} (SIMD path {_core.simd_level()}; CPU features: "
-                                 f"{', '.join(_core.cpu_features())})") from None
-
-    agree(comm, bf16_dot)
+    if args.bf16_dot:
+        agree(comm, lambda: enable_bf16_dot(args.dtype, args.device))
     numerics = f"simd {_core.simd_level()}, bf16 dot {'on' if _core.bf16_dot() else 'off'}"
     t0 = time.perf_counter()
     eng = agree(comm, lambda: Engine.from_pretrained(model_dir, dtype=args.dtype, device=args.device,
@@ -305,10 +296,24 @@ def run_generation(args, comm, eng, model_dir, job: Job) -> dict:
             t_first[0] = time.perf_counter()
         steps["n"] = step
 
+    # Text mode: the prompt, then each token's text as it comes (rank 0 runs the single prompt under
+    # every plan), decoded incrementally as the server does (a split UTF-8 character is held back).
+    from .serve.request import TextTracker
+
+    stream = TextTracker(tok, []) if tok is not None and rank == 0 and not args.json else None
+    on_token = None
+    if stream is not None:
+        sys.stdout.write(args.prompt)
+        sys.stdout.flush()
+
+        def on_token(_i, token):
+            sys.stdout.write(stream.push(token))
+            sys.stdout.flush()
+
     # dp: rank 0 runs the prompt; ep: rank 0 runs it, the others serve their experts; tp: all run it
     res = dpl.plan_generate(eng, eng.parallel_plan, comm, [prompt], args.max_new_tokens, on_step=on_step,
-                            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                            stop_at_eos=args.stop_at_eos)
+                            on_token=on_token, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                            seed=args.seed, stop_at_eos=args.stop_at_eos)
     out = res[0] if rank == 0 else []
     elapsed = time.perf_counter() - t0
     comm.Barrier()
@@ -321,10 +326,12 @@ def run_generation(args, comm, eng, model_dir, job: Job) -> dict:
                        decode_tokens_per_s=max(len(out) - 1, 0) / decode_s)
         if tok is not None:
             summary["text"] = tok.decode(out)
+        if stream is not None:  # the streamed text's tail and its newline, before the stats line on stderr
+            print(stream.push(None), flush=True)
+        elif not args.json:
+            print(" ".join(map(str, out)), flush=True)
         log.info(f"prompt {len(prompt)} tokens, generated {len(out)} in {elapsed:.3f} s "
                  f"(prefill {summary['prefill_tokens_per_s']:.1f} tok/s, decode {summary['decode_tokens_per_s']:.1f} tok/s)")
-        if not args.json:
-            print(summary.get("text", " ".join(map(str, out))), flush=True)
     return summary
 
 

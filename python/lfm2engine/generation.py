@@ -14,10 +14,11 @@ from .errors import NumericsError
 
 
 def decode_loop(eng, prompts, max_new_tokens: int, sampler, stop_at_eos: bool = False, on_step=None,
-                agree=None, idle=None) -> list[list[int]]:
+                agree=None, idle=None, on_token=None) -> list[list[int]]:
     """Tokens generated for each of `prompts` (validated int32 arrays; may be empty on a rank of
     a parallel plan). sampler: sampling.Sampler; on_step(step, live) after each step with live
-    sequences; agree(n) -> the number of sequences still running on any rank (default n);
+    sequences; on_token(b, token) as each token is appended to sequence b (streaming); agree(n) ->
+    the number of sequences still running on any rank (default n);
     idle() makes one pass without tokens (default: nothing)."""
     n = len(prompts)
     out: list[list[int]] = [[] for _ in range(n)]
@@ -38,6 +39,8 @@ def decode_loop(eng, prompts, max_new_tokens: int, sampler, stop_at_eos: bool = 
             toks = picked if greedy else sampler.pick(picked, live)
             for j, b in enumerate(live):
                 out[b].append(int(toks[j]))
+                if on_token is not None:
+                    on_token(b, int(toks[j]))
                 if int(toks[j]) not in eos and step + 1 < max_new_tokens:
                     nxt.append((b, int(toks[j])))
             if on_step is not None:

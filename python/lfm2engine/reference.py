@@ -30,9 +30,20 @@ def gemm(x: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 
 def rmsnorm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
-    """x [..., D], w [D] -> w ⊙ x / sqrt(mean(x²) + eps) (weight used as stored, not 1 + w)."""
-    ms = np.mean(x * x, axis=-1, keepdims=True)
-    return (x / np.sqrt(ms + eps)) * w
+    """x [..., D], w [D] -> w ⊙ x / sqrt(mean(x²) + eps) (weight used as stored, not 1 + w).
+
+    A finite row whose mean square overflows (RMS above ~1.8e19 in float32) is rescaled by
+    m = max|x|: sqrt(mean((x/m)²) + eps/m²)·m, as the C++ ops do, instead of normalizing to zero."""
+    with np.errstate(over="ignore"):
+        ms = np.mean(x * x, axis=-1, keepdims=True)
+    den = np.sqrt(ms + eps)
+    over = np.isinf(ms) & np.isfinite(x).all(axis=-1, keepdims=True)
+    if over.any():
+        m = np.where(over, np.abs(x).max(axis=-1, keepdims=True), 1)
+        y = x / m
+        with np.errstate(over="ignore"):  # m² may overflow: eps / inf = 0, as in the C++ ops
+            den = np.where(over, m * np.sqrt(np.mean(y * y, axis=-1, keepdims=True) + eps / (m * m)), den)
+    return (x / den) * w
 
 
 def rope(x: np.ndarray, positions: np.ndarray, theta: float) -> np.ndarray:

@@ -205,16 +205,18 @@ def main(argv=None) -> int:
                                              "reference logits) for a checkpoint.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     mk = sub.add_parser("make", help="write inputs.bin and answers.bin")
-    mk.add_argument("--model", default=None, help="checkpoint directory (default: the built-in synthetic model)")
+    mk.add_argument("--model", default=None, help="checkpoint directory or shipped model name "
+                                                        "(default: the built-in synthetic model)")
     mk.add_argument("--out", required=True, help="output directory")
     mk.add_argument("-n", type=int, default=32, help="number of prompts (default 32)")
     mk.add_argument("--seq-len", type=int, default=16, help="tokens per prompt (default 16)")
     mk.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
     try:
+        from .models import model_dir
         from .synthetic import default_model_dir
 
-        model = a.model or default_model_dir()
+        model = model_dir(a.model) if a.model else default_model_dir()
         ip, anp = make_workload(model, a.out, a.n, a.seq_len, a.seed)
         print(f"wrote {ip} and {anp}")
         return 0

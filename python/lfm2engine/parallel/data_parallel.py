@@ -47,7 +47,7 @@ def plan_logits(eng, plan: ParallelPlan, comm, prompts, batch_size: int = 16) ->
 
 def generate_in_step(eng, comm, prompts, request_ids, max_new_tokens: int, temperature: float = 0.0,
                      top_k: int = 0, top_p: float = 1.0, seed: int | None = None, stop_at_eos: bool = False,
-                     on_step=None) -> list[list[int]]:
+                     on_step=None, on_token=None) -> list[list[int]]:
     """Engine.generate's loop for EP: the same tokens, but every rank makes the same number of
     forward passes (an idle pass where it has no live sequence) and stops only when no rank has
     a live sequence. prompts may be empty on some ranks."""
@@ -55,20 +55,22 @@ def generate_in_step(eng, comm, prompts, request_ids, max_new_tokens: int, tempe
     if prompts:
         prompts = eng.check_prompts(prompts, max_new_tokens)
     return decode_loop(eng, list(prompts), max_new_tokens, sampler, stop_at_eos, on_step,
-                       agree=lambda n: allreduce_max(comm, n), idle=lambda: idle_pass(eng))
+                       agree=lambda n: allreduce_max(comm, n), idle=lambda: idle_pass(eng), on_token=on_token)
 
 
 def plan_generate(eng, plan: ParallelPlan, comm, prompts, max_new_tokens: int, on_step=None,
-                  **sampling) -> list[list[int]] | None:
+                  on_token=None, **sampling) -> list[list[int]] | None:
     """Generate for all requests under `plan`: token lists on rank 0 in request order, None
-    elsewhere. sampling: temperature, top_k, top_p, seed, stop_at_eos (as Engine.generate)."""
+    elsewhere. sampling: temperature, top_k, top_p, seed, stop_at_eos (as Engine.generate).
+    on_token(i, token): called on the rank that runs request a + i of its share [a, b)."""
     n = len(prompts)
     a, b = plan.request_range(n)
     mine, rids = list(prompts[a:b]), list(range(a, b))
     if plan.kind == "ep":
-        out = generate_in_step(eng, comm, mine, rids, max_new_tokens, on_step=on_step, **sampling)
+        out = generate_in_step(eng, comm, mine, rids, max_new_tokens, on_step=on_step, on_token=on_token,
+                               **sampling)
     elif mine:
-        out = eng.generate(mine, max_new_tokens, request_ids=rids, on_step=on_step, **sampling)
+        out = eng.generate(mine, max_new_tokens, request_ids=rids, on_step=on_step, on_token=on_token, **sampling)
     else:
         out = []
     if not plan.splits_requests:

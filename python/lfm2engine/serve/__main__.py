@@ -25,8 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "/metrics) with continuous batching. Run under `mpirun -np R` to serve over R ranks: rank 0 "
                     "speaks HTTP, every rank steps the same batch.")
     ap.add_argument("--model", help="checkpoint directory (config.json + *.safetensors; tokenizer.json and "
-                                    "tokenizer_config.json enable text prompts and chat). Default: the built-in "
-                                    "synthetic model (token-id prompts only)")
+                                    "tokenizer_config.json enable text prompts and chat) or a shipped model "
+                                    "(tiny, tiny-draft). Default: the built-in synthetic model (token-id prompts only)")
     ap.add_argument("--config", default="default", choices=("default", "full"),
                     help="built-in synthetic model when --model is absent (as lfm2engine.generate)")
     ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")

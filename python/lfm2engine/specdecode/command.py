@@ -17,6 +17,7 @@ import numpy as np
 from .. import log
 from ..cli import parse_list, resolve_prompt
 from ..errors import InputError
+from ..models import model_dir
 from .decoder import SpeculativeDecoder, check_compatible
 from .measure import forward_ms, measure
 from .selfdraft import make_self_draft
@@ -32,9 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "forward pass. Output is exactly the target's (greedy) or distributed as the target's "
                     "(sampling). Reports acceptance and the speed-up over plain decoding measured in the same run. "
                     "Lists (-k 1-8, --threshold 0,0.5, repeated --draft/--self-draft) run a sweep.")
-    ap.add_argument("--target", help="target checkpoint directory (default: the built-in synthetic model)")
+    ap.add_argument("--target", help="target checkpoint directory or shipped model name, e.g. tiny "
+                                     "(default: the built-in synthetic model)")
     ap.add_argument("--draft", action="append", default=[], metavar="DIR",
-                    help="draft checkpoint sharing the target's vocabulary (e.g. LFM2-350M for LFM2-8B-A1B); "
+                    help="draft checkpoint (directory or shipped name, e.g. tiny-draft for --target tiny) sharing "
+                         "the target's vocabulary (e.g. LFM2-350M for LFM2-8B-A1B); "
                          "repeat to compare drafts")
     ap.add_argument("--self-draft", action="append", default=[], metavar="SPEC",
                     help="draft made from the target itself, items joined by '+': topk=N (fewer experts), "
@@ -101,16 +104,12 @@ def _main(args) -> int:
     widths = parse_list(args.tree_width, "--tree-width", ranges=True, low=1, expected=int_syntax)
     _check_args(args)
     if args.target:
-        if not os.path.isdir(args.target):
-            raise InputError(f"--target {args.target}: not a directory")
-        tdir = args.target
+        tdir = model_dir(args.target, "--target")
     else:
         from ..synthetic import default_model_dir
 
         tdir = default_model_dir("default", verbose=not args.quiet)
-    for d in args.draft:
-        if not os.path.isdir(d):
-            raise InputError(f"--draft {d}: not a directory")
+    draft_dirs = [model_dir(d, "--draft") for d in args.draft]
     t0 = time.perf_counter()
     target = Engine.from_pretrained(tdir, dtype=args.dtype, num_threads=args.threads)
     log.info(f"target {tdir} ({target.config.model_type}, {target.config.num_hidden_layers} layers, "
@@ -121,11 +120,11 @@ def _main(args) -> int:
     target.check_prompts([prompt], args.max_new_tokens)
 
     drafts = []  # (description, engine)
-    for d in args.draft:
+    for name, d in zip(args.draft, draft_dirs):
         _same_tokenizer(tdir, d)
         eng = Engine.from_pretrained(d, dtype=args.dtype, num_threads=args.threads)
         check_compatible(target, eng)
-        drafts.append((f"ckpt:{d}", eng))
+        drafts.append((f"ckpt:{name}", eng))
     specs = list(args.self_draft) or ([] if args.draft else [DEFAULT_SELF_DRAFT])
     for spec in specs:
         t1 = time.perf_counter()

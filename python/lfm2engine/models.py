@@ -1,0 +1,48 @@
+"""Model names: the checkpoints shipped as package data, and the one resolver of model arguments.
+
+`tiny` (LFM2-MoE, 3.4M parameters) and `tiny-draft` (dense LFM2, 0.6M) are trained on the King
+James Bible by scripts/train_tiny.py and live in lfm2engine/data/models/ in Hugging Face layout
+(config.json, model.safetensors, tokenizer.json, tokenizer_config.json), next to the held-out text
+kjv_test.txt. Every command line (--model, --target, --draft) and Engine.from_pretrained accept
+either a checkpoint directory or one of these names; an existing directory of the same name wins.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .errors import InputError
+
+SHIPPED = ("tiny", "tiny-draft")
+MODELS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "models")
+
+
+def shipped_dir(name: str) -> str:
+    """Directory of a shipped checkpoint; InputError for an unknown name."""
+    if name not in SHIPPED:
+        raise InputError(f"unknown shipped model {name!r}; choose from {', '.join(SHIPPED)}")
+    return os.path.join(MODELS_DIR, name)
+
+
+def held_out_text() -> str:
+    """Path of the held-out test split (the last 5 % of the KJV verses) the tiny models never saw."""
+    return os.path.join(MODELS_DIR, "kjv_test.txt")
+
+
+def resolve_name(path: str | os.PathLike) -> str:
+    """A shipped name that is not an existing directory -> its package directory; anything else unchanged
+    (so the checkpoint reader still reports what is wrong with a bad path)."""
+    p = os.fspath(path)
+    if p in SHIPPED and not os.path.isdir(p):
+        return shipped_dir(p)
+    return p
+
+
+def model_dir(value: str, flag: str = "--model") -> str:
+    """A command-line model argument -> checkpoint directory: a directory as given, or a shipped name.
+    Anything else is an InputError naming the flag."""
+    d = resolve_name(value)
+    if not os.path.isdir(d):
+        raise InputError(f"{flag} {value}: not a directory (a checkpoint directory, or one of the shipped "
+                         f"models: {', '.join(SHIPPED)})")
+    return d
