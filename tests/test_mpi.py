@@ -325,3 +325,12 @@ def test_an_error_on_one_rank_before_loading_is_printed_once(ckpts):
     assert r.returncode != 0 and secs < ABORT_SECONDS
     lines = [ln for ln in r.stderr.splitlines() if "Error" in ln]
     assert lines == ["[rank 2/3] InputError: prompt 0: token id 97 at position 2 is outside the vocabulary [0, 97)"]
+
+
+def test_ranks_given_different_modes_refuse_to_start(ckpts, tmp_path):
+    """One rank in workload mode, one generating: both still meet in every start-up collective."""
+    inp, out = _workload(tmp_path), str(tmp_path / "o.bin")
+    r, secs = mpirun((1, _wl(ckpts[0], inp, out, ["--plan", "ep"])), (1, _cli(ckpts[0])))
+    assert r.returncode != 0 and secs < ABORT_SECONDS, r.stderr[-2000:]
+    assert "[rank 0/2] ParallelError: ranks were given different inputs:" in r.stderr
+    assert "Traceback" not in r.stderr

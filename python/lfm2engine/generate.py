@@ -147,19 +147,22 @@ def prepare(args, comm, model_dir) -> Job:
     from .workload import default_workload, read_inputs, read_logits
 
     rank = comm.Get_rank()
+    # three agree() calls on every rank, whatever the mode (ranks given different modes must still
+    # meet in the same collectives; check_same_model then tells them apart)
     cfg = agree(comm, lambda: LFM2Config.from_hf(model_dir))
-    if generation_mode(args):
-        def gen():
-            prompt, tok = resolve_prompt(args.prompt, args.prompt_ids, model_dir, cfg.bos_token_id)
-            check_prompts(cfg, [prompt], args.max_new_tokens)
-            return Job(cfg, prompt=prompt, tokenizer=tok)
 
-        return agree(comm, gen)
-    inputs, answers = args.inputs, args.answers
-    if inputs is None:  # the built-in workload, made by rank 0 on first use
-        inputs, dflt = agree(comm, lambda: default_workload(model_dir, create=rank == 0,
-                                                            verbose=rank == 0 and not args.quiet))
-        answers = answers or dflt
+    def files():
+        if generation_mode(args) or args.inputs is not None:
+            return args.inputs, args.answers
+        ip, dflt = default_workload(model_dir, create=rank == 0, verbose=rank == 0 and not args.quiet)
+        return ip, args.answers or dflt  # the built-in workload, made by rank 0 on first use
+
+    inputs, answers = agree(comm, files)
+
+    def gen():
+        prompt, tok = resolve_prompt(args.prompt, args.prompt_ids, model_dir, cfg.bos_token_id)
+        check_prompts(cfg, [prompt], args.max_new_tokens)
+        return Job(cfg, prompt=prompt, tokenizer=tok)
 
     def work():
         ids = read_inputs(inputs)
@@ -176,7 +179,7 @@ def prepare(args, comm, model_dir) -> Job:
                                  f"{cfg.vocab_size} for this workload and model")
         return Job(cfg, ids=ids, answers=ans, inputs_path=inputs)
 
-    return agree(comm, work)
+    return agree(comm, gen if generation_mode(args) else work)
 
 
 def run_inputs(args, job: Job) -> dict:
@@ -204,8 +207,8 @@ def load_engine(args, comm, model_dir, inputs: dict | None = None):
     threads = args.threads or default_threads(node_local(comm)[1])  # cores shared by this node's ranks
     from . import _core
 
-    if args.bf16_dot:
-        agree(comm, lambda: enable_bf16_dot(args.dtype, args.device))
+    # every agree() below runs on every rank whatever its arguments: collectives must pair up
+    agree(comm, lambda: enable_bf16_dot(args.dtype, args.device) if args.bf16_dot else None)
     numerics = f"simd {_core.simd_level()}, bf16 dot {'on' if _core.bf16_dot() else 'off'}"
     t0 = time.perf_counter()
     eng = agree(comm, lambda: Engine.from_pretrained(model_dir, dtype=args.dtype, device=args.device,
