@@ -11,6 +11,7 @@ if ! ip netns pids "$host" >/dev/null 2>&1 && ! [ -e "/run/netns/$host" ]; then
   echo "ssh: connect to host $host: no such simulated host (sim_cluster.sh up?)" >&2; exit 255
 fi
 if [ "$(ip -netns "$host" -o link show eth0 2>/dev/null | grep -c 'state UP')" = 0 ]; then
-  echo "ssh: connect to host $host: network is down (link eth0 of $host is not up)" >&2; exit 255
+  echo "ssh: connect to host $host: network is down (link eth0 of $host is not up); no rank can start there" >&2
+  exit 255
 fi
 exec ip netns exec "$host" unshare --uts -- sh -c 'hostname "$0" || exit 255; eval "$1"' "$host" "$*"

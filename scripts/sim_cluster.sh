@@ -117,15 +117,27 @@ cmd_mpirun() {
   source "$HERE/env.sh"
   [ -n "$MPIRUN" ] && "$MPIRUN" --version 2>/dev/null | grep -q "Open MPI" ||
     die "the simulated cluster needs Open MPI's mpirun (found '${MPIRUN}'); pip install -e .[mpi-wheel]"
-  local sub="$NET.0/24" h0="${PREFIX}0"
-  exec ip netns exec "$h0" unshare --uts -- sh -c 'hostname "$0" && exec "$@"' "$h0" \
+  local sub="$NET.0/24" h0="${PREFIX}0" errlog rc
+  errlog="$(mktemp "$STATE/mpirun-stderr.XXXXXX")"
+  set +e
+  { ip netns exec "$h0" unshare --uts -- sh -c 'hostname "$0" && exec "$@"' "$h0" \
     "$MPIRUN" --hostfile "$STATE/hostfile" \
     --prtemca plm_ssh_agent "$HERE/sim_agent.sh" --prtemca plm_ssh_no_tree_spawn 1 \
     --prtemca oob_tcp_if_include "$sub" --mca oob_tcp_if_include "$sub" \
     --prtemca oob_tcp_keepalive_time "$KEEPALIVE" --prtemca oob_tcp_keepalive_intvl 1 \
     --prtemca oob_tcp_keepalive_probes 3 \
     --mca btl tcp,self --mca btl_tcp_if_include "$sub" --mca pml ob1 \
-    --with-ft ulfm --map-by node --bind-to none "$@"
+    --with-ft ulfm --map-by node --bind-to none "$@" 2>&1 1>&3 3>&- | tee "$errlog" >&2; } 3>&1
+  rc="${PIPESTATUS[0]}"
+  set -e
+  # Open MPI 5.0's prterun exits 0 after "lost communication with a remote daemon" (a host or link
+  # gone), even when a rank called MPI_Abort: a lost host must never look like success.
+  if [ "$rc" = 0 ] && grep -q "lost communication with a remote daemon" "$errlog"; then
+    echo "[sim_cluster] mpirun lost a host but exited 0; exit status 1" >&2
+    rc=1
+  fi
+  rm -f "$errlog"
+  return "$rc"
 }
 
 cmd_status() {
@@ -190,10 +202,10 @@ cmd_shape() {  # shape K|all [delay D] [rate R] [loss P%] | off
       continue
     fi
     [ -z "$delay" ] || die "this kernel has no netem qdisc (CONFIG_NET_SCH_NETEM): latency cannot be added; rate (tc tbf) and loss (nftables) can"
-    if [ -n "$rate" ]; then  # token bucket: a burst of 4 ms at the rate (>= 64 kB; covers timer ticks)
+    if [ -n "$rate" ]; then  # token bucket: a burst of 4 ms at the rate (>= 4 kB; covers timer ticks)
       local burst; burst="$(awk -v r="$rate" 'BEGIN { m = 1; u = tolower(r); sub(/bit$/, "", u)
         if (u ~ /g$/) m = 1e9; else if (u ~ /m$/) m = 1e6; else if (u ~ /k$/) m = 1e3
-        b = (u + 0) * m / 8 * 0.004; printf "%d", (b < 65536 ? 65536 : b) }')"
+        b = (u + 0) * m / 8 * 0.004; printf "%d", (b < 4096 ? 4096 : b) }')"
       tc -netns "$h" qdisc replace dev eth0 root tbf rate "$rate" burst "$burst" latency 50ms
     fi
     if [ -n "$loss" ]; then  # drop each outgoing packet with probability loss %
@@ -201,7 +213,7 @@ cmd_shape() {  # shape K|all [delay D] [rate R] [loss P%] | off
       local permille; permille="$(awk -v p="$loss" 'BEGIN { printf "%d", p * 10 + 0.5 }')"
       ip netns exec "$h" nft -f - <<NFT
 table inet lfm2sim {
-  chain out { type filter hook output priority 0; policy accept; numgen random mod 1000 < $permille drop; }
+  chain out { type filter hook output priority 0; policy accept; numgen random mod 1000 < $permille counter drop; }
 }
 NFT
     fi
