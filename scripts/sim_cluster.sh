@@ -117,7 +117,8 @@ cmd_mpirun() {
   source "$HERE/env.sh"
   [ -n "$MPIRUN" ] && "$MPIRUN" --version 2>/dev/null | grep -q "Open MPI" ||
     die "the simulated cluster needs Open MPI's mpirun (found '${MPIRUN}'); pip install -e .[mpi-wheel]"
-  local sub="$NET.0/24" h0="${PREFIX}0" errlog rc
+  local sub="$NET.0/24" h0="${PREFIX}0" errlog rc FT_FLAGS=(--with-ft ulfm)
+  [ "${LFM2_SIM_FT:-ulfm}" = ulfm ] || FT_FLAGS=()  # LFM2_SIM_FT=0: Open MPI without fault tolerance
   errlog="$(mktemp "$STATE/mpirun-stderr.XXXXXX")"
   set +e
   { ip netns exec "$h0" unshare --uts -- sh -c 'hostname "$0" && exec "$@"' "$h0" \
@@ -127,7 +128,7 @@ cmd_mpirun() {
     --prtemca oob_tcp_keepalive_time "$KEEPALIVE" --prtemca oob_tcp_keepalive_intvl 1 \
     --prtemca oob_tcp_keepalive_probes 3 \
     --mca btl tcp,self --mca btl_tcp_if_include "$sub" --mca pml ob1 \
-    --with-ft ulfm --map-by node --bind-to none "$@" 2>&1 1>&3 3>&- | tee "$errlog" >&2; } 3>&1
+    ${FT_FLAGS[@]+"${FT_FLAGS[@]}"} --map-by node --bind-to none "$@" 2>&1 1>&3 3>&- | tee "$errlog" >&2; } 3>&1
   rc="${PIPESTATUS[0]}"
   set -e
   # Open MPI 5.0's prterun exits 0 after "lost communication with a remote daemon" (a host or link

@@ -6,8 +6,9 @@ MPI_Abort with LOST_PEER_EXIT (3). Three mechanisms, started by comm.run_guarded
 
 * Process death: under Open MPI's fault-tolerant mode (`mpirun --with-ft ulfm`), a collective
   with a dead peer raises MPI_ERR_PROC_FAILED instead of aborting inside the library, and
-  `Comm.Get_failed()` names the dead rank (`describe_mpi_failure`). Without it, Open MPI aborts
-  on its own, and its message may blame the peer that noticed the closed socket.
+  `Comm.Get_failed()` names the dead rank (`describe_mpi_failure`). Every survivor learns of it;
+  the lowest one reports, after revoking the communicator so that the others stay quiet. Without
+  ULFM, Open MPI aborts on its own, and its message may blame the peer that saw the socket close.
 * Silence (a host or its link is down, the process is stopped): TCP sends nothing back, so no
   collective ever fails. Each rank sends a tiny message every `period` seconds to rank r+1 on a
   private duplicate of the communicator, from a thread (mpi4py initialises MPI_THREAD_MULTIPLE),
