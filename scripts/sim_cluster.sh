@@ -131,9 +131,17 @@ cmd_mpirun() {
     ${FT_FLAGS[@]+"${FT_FLAGS[@]}"} --map-by node --bind-to none "$@" 2>&1 1>&3 3>&- | tee "$errlog" >&2; } 3>&1
   rc="${PIPESTATUS[0]}"
   set -e
-  # Open MPI 5.0's prterun exits 0 after "lost communication with a remote daemon" (a host or link
-  # gone), even when a rank called MPI_Abort: a lost host must never look like success.
-  if [ "$rc" = 0 ] && grep -q "lost communication with a remote daemon" "$errlog"; then
+  # Open MPI 5.0.11's prterun can exit 0 after "lost communication with a remote daemon" (a host or
+  # link gone), and under --with-ft ulfm after a rank's MPI_Abort (when several ranks abort at once):
+  # a failed job must never look like success.
+  local aborted
+  aborted="$(grep -a -A3 "MPI_ABORT was invoked on rank" "$errlog" | grep -a -o "Errorcode: [0-9]*" | head -1 |
+             cut -d' ' -f2)"
+  if [ "$rc" = 0 ] && [ -n "$aborted" ]; then
+    [ "$aborted" = 0 ] && aborted=1
+    echo "[sim_cluster] a rank called MPI_Abort but mpirun exited 0; exit status $aborted" >&2
+    rc="$aborted"
+  elif [ "$rc" = 0 ] && grep -q "lost communication with a remote daemon" "$errlog"; then
     echo "[sim_cluster] mpirun lost a host but exited 0; exit status 1" >&2
     rc=1
   fi
