@@ -102,6 +102,7 @@ def report_lost(comm, hosts: list[str], lost: list[int], why: str, wait_for_lowe
         who = ", ".join(f"rank {r} on host {hosts[r] if r < len(hosts) else '?'}" for r in lost) or "a peer"
         print(f"[rank {rank}/{size}] ParallelError: {who} is gone: {why}; ending the job", file=sys.stderr,
               flush=True)
+        time.sleep(0.5)  # let the launcher forward the line: MPI_Abort's teardown drops unforwarded output
         comm.Abort(LOST_PEER_EXIT)
         os._exit(LOST_PEER_EXIT)  # Abort does not return; if it ever does, do not linger
 
