@@ -24,8 +24,8 @@
 # Faults: `--with-ft ulfm` makes a dead peer an error the engine can name (instead of an abort inside
 # Open MPI); the engine's heartbeat (lfm2engine/parallel/heartbeat.py, LFM2_HEARTBEAT) names a
 # silent one (host or link down). Backstops: TCP keepalive on Open MPI's daemon connections
-# (LFM2_SIM_KEEPALIVE seconds idle, default 6, + 3 probes 1 s apart) and net.ipv4.tcp_retries2=3
-# in every host (a connection with unacknowledged data to a lost host gives up after ~3 s).
+# (LFM2_SIM_KEEPALIVE seconds idle, default 6, + 3 probes 1 s apart) and net.ipv4.tcp_retries2=4
+# in every host (a connection with unacknowledged data to a lost host gives up after ~6 s).
 # Override with LFM2_SIM_PREFIX / LFM2_SIM_SUBNET (first three octets) / LFM2_SIM_DIR.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -91,8 +91,8 @@ cmd_up() {
     ip -netns "$h" addr add "$NET.$((10 + k))/24" dev eth0
     ip -netns "$h" link set lo up
     ip -netns "$h" link set eth0 up
-    # a connection with unacknowledged data to a lost host gives up after ~3 s (default: ~15 min)
-    ip netns exec "$h" sysctl -q -w net.ipv4.tcp_retries2=3
+    # a connection with unacknowledged data to a lost host gives up after ~6 s (default: ~15 min)
+    ip netns exec "$h" sysctl -q -w net.ipv4.tcp_retries2=4
     mkdir -p "/etc/netns/$h"
     cp "$hostsfile" "/etc/netns/$h/hosts"
     echo "$h slots=1" >> "$STATE/hostfile"
@@ -136,7 +136,7 @@ cmd_mpirun() {
   # a failed job must never look like success.
   local aborted
   aborted="$(grep -a -A3 "MPI_ABORT was invoked on rank" "$errlog" | grep -a -o "Errorcode: [0-9]*" | head -1 |
-             cut -d' ' -f2)"
+             cut -d' ' -f2 || true)"
   if [ "$rc" = 0 ] && [ -n "$aborted" ]; then
     [ "$aborted" = 0 ] && aborted=1
     echo "[sim_cluster] a rank called MPI_Abort but mpirun exited 0; exit status $aborted" >&2

@@ -37,9 +37,9 @@ WORKER = os.path.join(ROOT, "tests", "mpi_worker.py")
 PREFIX, SUBNET = f"lt{os.getpid()}h", "10.213.1"
 HOSTS = 4
 JOB_TIMEOUT = 120  # any job; a hang fails the test instead of blocking the suite
-KILL_BOUND = 15  # s from `kill -9` of one rank to the end of the job (measured ~0.6 s)
-LINK_BOUND = 25  # s from `ip link set ... down` to the end: heartbeat 5 s + TCP give-up 3 s + teardown (~5-7 s)
-NEVER_UP_BOUND = 15  # s from launch to the end when a host is unreachable (measured ~0.3 s)
+KILL_BOUND = 15  # s from `kill -9` of one rank to the end of the job (measured ~1 s)
+LINK_BOUND = 25  # s from `ip link set ... down` to the end: heartbeat 3 s + TCP give-up ~6 s + teardown (~10-13 s)
+NEVER_UP_BOUND = 15  # s from launch to the end when a host is unreachable (measured 0.1-0.3 s)
 LOST_LINE = re.compile(r"^\[rank (\d)/4\] ParallelError: rank (\d) on host (\S+) is gone: (.*); ending the job$", re.M)
 
 

@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SILENT_BOUND = 20  # s from SIGSTOP to the end of the job, with a 2 s heartbeat timeout (measured ~3 s)
 
 
-@pytest.mark.parametrize("raw, want", [(None, (0.5, 5.0)), ("0", None), ("off", None), ("0.2,1", (0.2, 1.0))])
+@pytest.mark.parametrize("raw, want", [(None, (0.5, 3.0)), ("0", None), ("off", None), ("0.2,1", (0.2, 1.0))])
 def test_settings(monkeypatch, raw, want):
     if raw is None:
         monkeypatch.delenv("LFM2_HEARTBEAT", raising=False)

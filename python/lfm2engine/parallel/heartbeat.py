@@ -14,7 +14,7 @@ MPI_Abort with LOST_PEER_EXIT (3). Three mechanisms, started by comm.run_guarded
   private duplicate of the communicator, from a thread (mpi4py initialises MPI_THREAD_MULTIPLE),
   and watches rank r−1: silence for `timeout` seconds reports rank r−1. When a rank is done it
   sends BYE and keeps watching its predecessor until that one's BYE, so no rank finalizes while
-  the one before it might still be lost. LFM2_HEARTBEAT="period,timeout" (default "0.5,5"; "0"
+  the one before it might still be lost. LFM2_HEARTBEAT="period,timeout" (default "0.5,3"; "0"
   turns it off). The heartbeat thread only wakes every `period`: no cost on the hot path.
 * Orphans: a rank whose launcher (parent process) is gone exits: it must not outlive the job.
 """
@@ -39,13 +39,13 @@ _FAILED_WHY = "MPI reports it failed (its process ended, or its host or network 
 
 def settings() -> tuple[float, float] | None:
     """(period, timeout) in seconds from LFM2_HEARTBEAT, None when turned off."""
-    raw = os.environ.get("LFM2_HEARTBEAT", "0.5,5").strip()
+    raw = os.environ.get("LFM2_HEARTBEAT", "0.5,3").strip()
     if raw in ("0", "off", ""):
         return None
     try:
         period, timeout = (float(x) for x in raw.split(","))
     except ValueError:
-        raise InputError(f"LFM2_HEARTBEAT={raw!r}: expected 'period,timeout' in seconds (e.g. 0.5,5) or 0") from None
+        raise InputError(f"LFM2_HEARTBEAT={raw!r}: expected 'period,timeout' in seconds (e.g. 0.5,3) or 0") from None
     if not (0 < period and 2 * period < timeout):
         raise InputError(f"LFM2_HEARTBEAT={raw!r}: need 0 < period and timeout > 2 × period")
     return period, timeout
