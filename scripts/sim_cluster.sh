@@ -26,7 +26,8 @@
 # silent one (host or link down). Backstops: TCP keepalive on Open MPI's daemon connections
 # (LFM2_SIM_KEEPALIVE seconds idle, default 6, + 3 probes 1 s apart) and net.ipv4.tcp_retries2=4
 # in every host (a connection with unacknowledged data to a lost host gives up after ~6 s).
-# Override with LFM2_SIM_PREFIX / LFM2_SIM_SUBNET (first three octets) / LFM2_SIM_DIR.
+# Override with LFM2_SIM_PREFIX / LFM2_SIM_SUBNET (first three octets) / LFM2_SIM_DIR; LFM2_SIM_FT=0
+# launches without --with-ft ulfm (to compare).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PREFIX="${LFM2_SIM_PREFIX:-lfm2h}"
@@ -65,6 +66,7 @@ cmd_down() {
     rm -rf "/etc/netns/$h"
   done
   ip link del "$BRIDGE" 2>/dev/null || true
+  rmdir /etc/netns 2>/dev/null || true  # only when empty: another tool's entries stay
   rm -rf "$STATE"
 }
 
@@ -241,5 +243,5 @@ case "${1:-}" in
     MPIRUN="$STATE/mpirun" NP="${NP:-$(cat "$STATE/size")}" exec "$@" ;;
   link) shift; cmd_link "$@" ;;
   shape) shift; cmd_shape "$@" ;;
-  *) sed -n '2,25p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,30p' "$0" >&2; exit 2 ;;
 esac

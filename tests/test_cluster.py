@@ -161,7 +161,7 @@ def test_up_down_leave_nothing_behind_also_after_a_failed_run(tmp_path):
     finally:
         sim(env, "down")
         sim(env, "down")  # idempotent
-    assert leftovers(pre) == []
+    assert leftovers(pre) == [] and not os.path.exists(env["LFM2_SIM_DIR"])  # state: hostfile, launcher
     assert sim(env, "status", check=False).returncode == 1
 
 
