@@ -122,6 +122,7 @@ cmd_mpirun() {
   local sub="$NET.0/24" h0="${PREFIX}0" errlog rc FT_FLAGS=(--with-ft ulfm)
   [ "${LFM2_SIM_FT:-ulfm}" = ulfm ] || FT_FLAGS=()  # LFM2_SIM_FT=0: Open MPI without fault tolerance
   errlog="$(mktemp "$STATE/mpirun-stderr.XXXXXX")"
+  export LFM2_SIM_HOSTFILE="$STATE/hostfile"  # the launch agent names the ranks of a host it cannot reach
   set +e
   { ip netns exec "$h0" unshare --uts -- sh -c 'hostname "$0" && exec "$@"' "$h0" \
     "$MPIRUN" --hostfile "$STATE/hostfile" \
