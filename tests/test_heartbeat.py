@@ -113,9 +113,9 @@ def test_a_silent_rank_is_named_by_its_successor(tmp_path):
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-    assert job.returncode != 0 and secs < SILENT_BOUND, (secs, stderr[-3000:])
+    assert job.returncode != 0 and secs < SILENT_BOUND, (job.returncode, secs, stderr[-3000:])
     lines = re.findall(r"^\[rank (\d)/3\] ParallelError: rank (\d) on host (\S+) is gone: (.*); ending the job$",
                        stderr, re.M)
     assert lines == [("2", "1", socket.gethostname(), "no heartbeat for 2 s (its process, host or network link is "
-                                                       "down)")], stderr[-3000:]
+                                                       "down)")], (job.returncode, secs, stderr[-3000:])
     assert not out.exists()
