@@ -5,6 +5,9 @@ single-rank engine timed in the same job.
     python benchmarks/bench_parallel.py                      # driver: mpirun -np 1, 2, 4 of itself
     python benchmarks/bench_parallel.py --ranks 1,2 --batches 1,8,64 --json /tmp/b.json
     python benchmarks/bench_parallel.py --report analysis/out/bench_parallel.json   # tables only
+    scripts/sim_cluster.sh up 4 && scripts/sim_cluster.sh shape all rate 25gbit     # over TCP, 4 hosts
+    python benchmarks/bench_parallel.py --mpirun /tmp/lfm2h-sim/mpirun --wire-iface eth0 \
+        --network "4 simulated hosts, TCP, 25 Gbit/s" --json analysis/out/bench_parallel_tcp.json
 
 The driver starts one `mpirun -np R` job per rank count (worker mode), merges their JSON and
 writes it atomically (default analysis/out/bench_parallel.json), and prints tables;
@@ -192,6 +195,14 @@ def worker(a) -> None:
         while not req.Test():
             time.sleep(0.002)
 
+    def wire_tx() -> int:
+        """Bytes sent so far by this rank's host on --wire-iface (Ethernet frames: payload, TCP/IP
+        and Open MPI headers, ACKs for what it receives; a heartbeat every 0.5 s). 0 without."""
+        if not a.wire_iface:
+            return 0
+        with open(f"/sys/class/net/{a.wire_iface}/statistics/tx_bytes") as fh:
+            return int(fh.read())
+
     rows = []
     lw = base.w.layers[moe_layer]
     for batch in a.batches:
@@ -208,16 +219,18 @@ def worker(a) -> None:
             ex = executors.executor_of(eng)
 
             def moe_call(eng=eng, h=h, ex=ex):
+                wire0 = wire_tx()
                 if ex is None:  # dp: the local fused kernel on this rank's tokens
                     t0 = time.perf_counter()
                     if h.shape[0]:
                         eng.local_moe(moe_layer, h)
-                    return {"compute_s": time.perf_counter() - t0, "comm_s": 0.0, "bytes": 0}
+                    return {"compute_s": time.perf_counter() - t0, "comm_s": 0.0, "bytes": 0,
+                            "wire": wire_tx() - wire0}
                 ex.reset_stats()
                 ex(moe_layer, h)
                 st = ex.stats
                 return {"compute_s": st["route_s"] + st["experts_s"] + st["combine_s"], "comm_s": st["comm_s"],
-                        "bytes": st["bytes_sent"]}
+                        "bytes": st["bytes_sent"], "wire": wire_tx() - wire0}
 
             moe_call()  # warm-up
             wall, wall_min, extras, best = timed(moe_call, a.repeat)
@@ -226,6 +239,9 @@ def worker(a) -> None:
             comm_best = statistics.mean(x["comm_s"] for x in extras[best])  # split of the fastest rep
             comp_best = statistics.mean(x["compute_s"] for x in extras[best])
             measured = [x["bytes"] for x in extras[0]]
+            if a.wire_iface:  # per rank, the median over reps of what left its host's interface
+                row["moe"].setdefault("wire", {})[k] = [int(statistics.median(e[r]["wire"] for e in extras))
+                                                        for r in range(world)]
             row["moe"][k] = {"wall_s": wall, "wall_min_s": wall_min, "compute_s": comp_med, "comm_s": comm_med,
                              "compute_best_s": comp_best, "comm_best_s": comm_best,
                              "bytes_per_rank": measured,
@@ -286,7 +302,7 @@ def find_mpirun():
 
 
 def run_jobs(a) -> dict:
-    mpirun = find_mpirun()
+    mpirun = a.mpirun or find_mpirun()
     flags = ["--oversubscribe"] if "Open MPI" in subprocess.run([mpirun, "--version"], capture_output=True,
                                                                   text=True).stdout else []
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
@@ -297,7 +313,7 @@ def run_jobs(a) -> dict:
         threads = a.threads or max(1, (os.cpu_count() or 1) // world)
         cmd = [mpirun, *flags, "-np", str(world), sys.executable, os.path.abspath(__file__), "--worker",
                "--out", part, "--batches", ",".join(map(str, a.batches)), "--repeat", str(a.repeat),
-               "--core", a.core, "--threads", str(threads)]
+               "--core", a.core, "--threads", str(threads)] + (["--wire-iface", a.wire_iface] if a.wire_iface else [])
         if a.model:
             cmd += ["--model", a.model]
         print(f"[bench_parallel] {' '.join(cmd)}", file=sys.stderr, flush=True)
@@ -311,7 +327,7 @@ def run_jobs(a) -> dict:
         os.unlink(part)
         res["job_seconds"] = time.perf_counter() - t0
         jobs.append(res)
-    return {"jobs": jobs, "batches": a.batches}
+    return {"jobs": jobs, "batches": a.batches, "network": a.network, "launcher": mpirun}
 
 
 def stat_keys(stat: str) -> dict:
@@ -340,9 +356,12 @@ def report(data: dict, stat: str = "min") -> None:
                     if k != "dp":
                         out[f"{k} KB"] = max(m[k]["bytes_per_rank"]) / 1e3
                         out[f"{k} KB f."] = max(m[k]["formula_bytes_per_rank"]) / 1e3
+                    if k in m.get("wire", {}) and r > 1:
+                        out[f"{k} wire KB"] = max(m["wire"][k]) / 1e3
             rows.append(out)
         print("MoE layer, one call (ms: slowest rank; comm%: share of the executor's time inside collectives; "
-              "KB: bytes the busiest rank sends, measured / formula)")
+              "KB: bytes the busiest rank sends, measured / formula; wire KB: what left the busiest host's "
+              "interface during the call, headers and ACKs included)")
         print_table(rows, list(rows[0]))
         rows = []
         for row in job["rows"]:
@@ -371,6 +390,13 @@ def main(argv=None):
     ap.add_argument("--stat", default="min", choices=("min", "median"),
                     help="statistic in the tables: min = best of --repeat runs (robust on a shared "
                          "machine; default), median")
+    ap.add_argument("--mpirun", default=None,
+                    help="launcher (a path, no flags; default the venv's mpirun), e.g. the simulated cluster's: "
+                         "$LFM2_SIM_DIR/mpirun after scripts/sim_cluster.sh up 4")
+    ap.add_argument("--wire-iface", default=None,
+                    help="also count the bytes each rank's host sends on this interface per MoE call (eth0 on "
+                         "the simulated cluster, where every rank has a host of its own)")
+    ap.add_argument("--network", default="one host, shared memory", help="what the ranks talk over (stored in the JSON)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)

@@ -1,7 +1,8 @@
 """Parallel execution over mpi4py: plans (dp, ep, tp), guard, collectives, simulator (ARCHITECTURE.md).
 
 plan.py holds the pure ownership tables; comm.py the MPI set-up, abort guard and buffer
-collective helpers; moe_parallel.py the route -> dispatch -> experts -> combine stages;
+collective helpers; heartbeat.py names a lost peer (killed, host or link down) in one line;
+moe_parallel.py the route -> dispatch -> experts -> combine stages;
 executors.py installs a plan on an Engine; data_parallel.py splits requests and keeps EP ranks
 in step; simulate.py runs any plan on virtual ranks in one process.
 """

@@ -2,7 +2,8 @@
 
 MPI is used only when the process was started by an MPI launcher (or LFM2_MPI=1); a plain
 `python -m ...` runs as a world of one without importing mpi4py. Any exception on any rank
-prints `[rank r/R] Type: message` and aborts the whole job (no hangs in collectives).
+prints `[rank r/R] Type: message` and aborts the whole job (no hangs in collectives); a lost
+peer (killed, host or link down) is named in one line by heartbeat.py.
 The helpers below are the only places that call collectives on the hot path: capitalized
 (buffer) methods on contiguous NumPy arrays, with the message specs `[buf, (counts, displs)]`
 that both mpi4py and the simulator's ThreadComm (simulate.py) accept; a world of one never
@@ -18,6 +19,7 @@ import traceback
 import numpy as np
 
 from ..errors import LFM2Error, ParallelError
+from . import heartbeat
 
 _LAUNCHER_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS", "SLURM_STEP_NUM_TASKS")
 
@@ -107,23 +109,49 @@ def run_guarded(main, comm=None) -> int:
     (all ranks know of it) is printed once, by rank 0, and every rank returns 2 without aborting."""
     comm = comm if comm is not None else get_comm()
     rank, size = comm.Get_rank(), comm.Get_size()
+    hosts, beat = [], None
     try:
-        return main(comm)
-    except StartupFailure as e:
-        if rank == 0:
-            print(e.line, file=sys.stderr, flush=True)
-        return 2
+        if size > 1:
+            hosts, beat = _watch_peers(comm)
+        try:
+            code = main(comm)
+        except StartupFailure as e:  # every rank knows of it and exits cleanly (the heartbeat says BYE)
+            if rank == 0:
+                print(e.line, file=sys.stderr, flush=True)
+            code = 2
+        if beat is not None:
+            beat.stop()
+        return code
     except (LFM2Error, OSError) as e:
         msg, code = failure_line(rank, size, e), 2
     except KeyboardInterrupt:
         msg, code = f"[rank {rank}/{size}] interrupted", 130
-    except Exception as e:  # a bug: keep the traceback
+    except Exception as e:
+        if size > 1 and _is_mpi_error(e):  # a peer died: one line, the job ends (does not return)
+            heartbeat.handle_mpi_error(comm, hosts, e)
+        # a bug: keep the traceback
         msg = f"[rank {rank}/{size}] {type(e).__name__}: {e}\n{traceback.format_exc()}"
         code = 1
     print(msg, file=sys.stderr, flush=True)
     if size > 1:
         comm.Abort(code)
     return code
+
+
+def _is_mpi_error(e) -> bool:
+    return type(e).__module__ == "mpi4py.MPI"
+
+
+def _watch_peers(comm):
+    """Start-up of a multi-rank job: every rank's host name, and the heartbeat (heartbeat.py)
+    unless LFM2_HEARTBEAT=0 or MPI gives fewer than MPI_THREAD_MULTIPLE."""
+    from mpi4py import MPI
+
+    hosts = heartbeat.host_names(comm)
+    cfg = heartbeat.settings()
+    if cfg is None or MPI.Query_thread() < MPI.THREAD_MULTIPLE:
+        return hosts, None
+    return hosts, heartbeat.Heartbeat(comm, hosts, *cfg)
 
 
 def node_local(comm) -> tuple[int, int]:
