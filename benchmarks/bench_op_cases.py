@@ -5,7 +5,10 @@ has (cpu; cuda where a GPU is visible; numpy with --numpy, as the executable con
 Each case is built once by the same builder tests/test_ops.py uses, its inputs uploaded once,
 then the op is timed in interleaved rounds across backends (medians). Reported: microseconds per
 call, and GB/s of the bytes the op must read and write once (weights, activations, caches),
-against the triad roof measured in the same run. Results: analysis/out/bench_op_cases.json.
+against the triad roof measured in the same run, and GFLOP/s for the compute-bound ops (gemm,
+moe_experts). Each op is called repeatedly on the same arrays, so inputs that fit in the caches are
+read from there: small cases can exceed the DRAM roof (% roof > 100), which says they are
+cache-resident, not that the roof is wrong. Results: analysis/out/bench_op_cases.json.
 
     python benchmarks/bench_op_cases.py [--quick] [--threads N] [--numpy]
 """
@@ -35,6 +38,18 @@ def traffic(call) -> int:
         else:
             total += a.nbytes
     return total
+
+
+def flops(call) -> float:
+    """Multiply-adds × 2 of the compute-bound ops (gemm, moe_experts); 0 for the others."""
+    if call.op == "gemm":
+        (t, n), k = call.args[0].shape, call.args[1].shape[1]
+        return 2.0 * t * n * k
+    if call.op == "moe_experts":
+        ids, w2 = call.args[2], call.args[5]
+        d, fe = w2.shape[1], w2.shape[2]
+        return 2.0 * int((ids >= 0).sum()) * 3 * d * fe
+    return 0.0
 
 
 def backends(with_numpy: bool) -> dict:
@@ -82,15 +97,16 @@ def main(argv=None):
 
             fns[name] = run
         times = paired(fns, repeat=repeat, warmup=1, min_time=0.02, settle=0.0)
-        nbytes = traffic(call)
+        nbytes, nflop = traffic(call), flops(call)
         row = {"op": op, "case": label, "MB": nbytes / 1e6}
         for name, t in times.items():
             row[f"{name} us"] = t["median"] * 1e6
             row[f"{name} GB/s"] = nbytes / t["median"] / 1e9
+            row[f"{name} GFLOP/s"] = nflop / t["median"] / 1e9
         row["cpu % roof"] = 100.0 * row["cpu GB/s"] / roofs["dram"]
         rows.append(row)
         del call
-    cols = ["op", "case", "MB"] + [f"{n} {u}" for n in bes for u in ("us", "GB/s")] + ["cpu % roof"]
+    cols = ["op", "case", "MB"] + [f"{n} {u}" for n in bes for u in ("us", "GB/s", "GFLOP/s")] + ["cpu % roof"]
     print_table(rows, cols)
     write_json(a.json, {"benchmark": "bench_op_cases", "threads": a.threads, "roofs_gbs": roofs, "rows": rows,
                         "backends": list(bes), "quick": a.quick})
