@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from lfm2engine import Engine
 from lfm2engine.checkpoint import Checkpoint, save_file
-from lfm2engine.errors import InputError
+from lfm2engine.errors import CheckpointError, InputError
 
 helpers.import_core()
 
@@ -87,6 +87,30 @@ def test_checkpoint_truncated_or_replaced_after_loading(hf_ckpt, tmp_path, dtype
     assert np.isfinite(a).all()
     arrays = [eng.w.embed] + [getattr(lw, s) for lw in eng.w.layers for s in lw.NAMES]
     assert all(x.flags.owndata for x in arrays if isinstance(x, np.ndarray))
+
+
+def test_checkpoint_truncated_while_loading_is_a_checkpoint_error(hf_ckpt, tmp_path):
+    """Tensors are read with positioned reads, not through a mapping: a file cut after its header
+    was validated (while the engine loads) gives a CheckpointError naming the tensor, not a SIGBUS;
+    a file replaced after it was opened is still read from the validated bytes."""
+    from lfm2engine.weights import Weights
+
+    d = tmp_path / "m"
+    shutil.copytree(hf_ckpt("moe_a"), d)
+    f = d / "model.safetensors"
+    ck = Checkpoint(str(d))
+    last = max(ck.refs, key=lambda n: ck.refs[n].end)
+    want = np.array(ck.f32(last))  # opens the file
+    keep = f.read_bytes()
+    f.unlink()
+    f.write_bytes(b"\0" * 64)  # replaced: the open file is still the validated one
+    np.testing.assert_array_equal(ck.f32(last), want)
+    ck.close()
+    f.write_bytes(keep[: ck.refs[last].start + 10])  # cut inside the last tensor, then reopened
+    with pytest.raises(CheckpointError, match=f"ends inside tensor '{last}'.*truncated or replaced while loading"):
+        ck.f32(last)
+    with pytest.raises(CheckpointError, match="truncated or replaced while loading"):
+        Weights(ck, "float32", Engine.from_pretrained(hf_ckpt("moe_a")).backend)
 
 
 def test_digest_changes_with_any_weight_byte(hf_ckpt, tmp_path):

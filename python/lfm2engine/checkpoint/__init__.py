@@ -1,4 +1,4 @@
-"""Safetensors checkpoints in the Hugging Face layout: manifest, validation, memory-mapped loading,
+"""Safetensors checkpoints in the Hugging Face layout: manifest, validation, loading by positioned reads,
 writing and editing. Names are HF's, unchanged (MODEL.md §3.1).
 
 Modules: manifest (what a checkpoint holds), dtypes (F32/F16/BF16 tags and conversions), header

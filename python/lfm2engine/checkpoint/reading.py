@@ -1,8 +1,9 @@
-"""Reading safetensors checkpoints: headers, validation against the manifest, memory-mapped tensors.
+"""Reading safetensors checkpoints: headers, validation against the manifest, then the tensors.
 
 Not a general safetensors library: it reads F32/F16/BF16 tensors (what LFM2 checkpoints hold),
 checks every header against the file size and the config's manifest, reports ALL problems in one
-CheckpointError, and only then maps data. Names are HF's, unchanged (MODEL.md §3.1).
+CheckpointError, and only then reads data (positioned reads into buffers of its own, no mapping).
+Names are HF's, unchanged (MODEL.md §3.1).
 """
 
 from __future__ import annotations
@@ -120,28 +121,62 @@ def _why_unexpected(cfg: LFM2Config, name: str) -> str:
 
 
 class Checkpoint:
-    """A validated, memory-mapped checkpoint. `raw(name)` gives the on-disk array (bf16 as uint16
-    bits); `f32(name)` converts to float32; `bf16(name)` gives bf16 bits (rounding f32/f16)."""
+    """A validated checkpoint. `raw(name)` gives the on-disk array (bf16 as uint16 bits) in a
+    buffer of its own; `f32(name)` converts to float32; `bf16(name)` gives bf16 bits (rounding
+    f32/f16).
+
+    Tensors are read with positioned reads, not through a memory mapping: a file truncated while
+    the engine loads gives a CheckpointError naming the tensor instead of a SIGBUS, and a file
+    replaced after it was opened keeps being read from the bytes that were validated (the open
+    file). Every array is then the caller's own, aligned whatever the header's padding."""
 
     def __init__(self, path: str | os.PathLike, cfg: LFM2Config | None = None):
         self.path = os.fspath(path)
         self.config = cfg if cfg is not None else LFM2Config.from_hf(self.path)
         self.refs = scan(self.path)
         validate(self.config, self.refs, self.path)
-        self._maps: dict[str, np.memmap] = {}
+        self._fds: dict[str, int] = {}
 
     def dtype_of(self, name: str) -> str:
         return self.refs[name].dtype
 
+    def _read(self, name: str, n: int | None = None) -> np.ndarray:
+        """The first n bytes (all by default) of tensor `name`, in a new uint8 array."""
+        r = self.refs[name]
+        fd = self._fds.get(r.file)
+        if fd is None:
+            try:
+                fd = self._fds[r.file] = os.open(r.file, os.O_RDONLY)
+            except OSError as e:
+                raise CheckpointError(f"{r.file}: cannot open ({e.strerror})") from None
+        n = r.end - r.start if n is None else min(n, r.end - r.start)
+        buf = np.empty(n, np.uint8)
+        view, done = memoryview(buf), 0
+        while done < n:  # one read returns at most ~2 GiB on Linux
+            try:
+                got = os.preadv(fd, [view[done:]], r.start + done)
+            except OSError as e:
+                raise CheckpointError(f"{r.file}: reading tensor {name!r} failed ({e.strerror})") from None
+            if got == 0:
+                raise CheckpointError(f"{r.file}: the file ends inside tensor {name!r} (byte {r.start + done} of "
+                                      f"{r.start}..{r.end}): it was truncated or replaced while loading")
+            done += got
+        return buf
+
     def raw(self, name: str) -> np.ndarray:
         r = self.refs[name]
-        mm = self._maps.get(r.file)
-        if mm is None:
-            mm = self._maps[r.file] = np.memmap(r.file, dtype=np.uint8, mode="r")
-        np_dt, item = DTYPE_TAGS[r.dtype]
-        if r.start % item:  # no header padding: data at any offset is legal; kernels need aligned arrays
-            return np.frombuffer(mm[r.start : r.end].tobytes(), dtype=np_dt).reshape(r.shape)
-        return mm[r.start : r.end].view(np_dt).reshape(r.shape)
+        return self._read(name).view(DTYPE_TAGS[r.dtype][0]).reshape(r.shape)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown
+            pass
 
     def f32(self, name: str) -> np.ndarray:
         return as_f32(self.raw(name), self.refs[name].dtype)
@@ -149,7 +184,7 @@ class Checkpoint:
     def bf16(self, name: str) -> np.ndarray:
         r = self.refs[name]
         a = self.raw(name)
-        return np.array(a) if r.dtype == "BF16" else f32_to_bf16(as_f32(a, r.dtype))
+        return a if r.dtype == "BF16" else f32_to_bf16(as_f32(a, r.dtype))
 
     def names(self):
         return expected_tensors(self.config).keys()
@@ -166,6 +201,5 @@ class Checkpoint:
         for n in sorted(self.refs):
             r = self.refs[n]
             h.update(f"{n}:{r.dtype}:{r.shape}:{r.end - r.start}".encode())
-        first = self.raw("model.embed_tokens.weight").reshape(-1)[:256]
-        h.update(np.ascontiguousarray(first).tobytes())
+        h.update(self._read("model.embed_tokens.weight", 256 * DTYPE_TAGS[self.refs["model.embed_tokens.weight"].dtype][1]).tobytes())
         return h.hexdigest()[:16]
