@@ -22,7 +22,7 @@ from lfm2engine import Engine
 from lfm2engine import reference as ref
 from lfm2engine.checkpoint import Checkpoint, expected_tensors, manifest_size, save_pretrained
 from lfm2engine.config import LFM2Config, read_config_json
-from lfm2engine.errors import CheckpointError, ConfigError, InputError, LFM2Error
+from lfm2engine.errors import ConfigError, InputError, LFM2Error
 from lfm2engine.synthetic import make_tensor, preset_config
 from lfm2engine.workload import read_inputs, read_logits, validate
 

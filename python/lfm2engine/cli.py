@@ -53,6 +53,13 @@ def parse_list(text: str, name: str, kind: type = int, *, ranges: bool = False, 
     return out
 
 
+def at_least(name: str, value, minimum, hint: str = "") -> None:
+    """The CLIs' one lower-bound check: InputError "{name} must be >= {minimum}, found {value}{hint}"
+    unless value >= minimum (None means "not given" and passes; NaN fails)."""
+    if value is not None and not value >= minimum:
+        raise InputError(f"{name} must be >= {minimum}, found {value}{hint}")
+
+
 def _bounds(low, high) -> str:
     if high is None:
         return f">= {low:g}"

@@ -20,7 +20,7 @@ import numpy as np
 
 from . import log
 from .checkpoint import check_writable
-from .cli import enable_bf16_dot, resolve_prompt
+from .cli import at_least, enable_bf16_dot, resolve_prompt
 from .errors import InputError
 from .models import SHIPPED, model_dir
 from .parallel import ParallelPlan, agree, check_same_model, run_guarded
@@ -92,14 +92,10 @@ def generation_mode(args) -> bool:
 
 def check_args(args, rank: int) -> None:
     """Everything about the arguments that needs no file and no model: on every rank, first."""
-    if args.n is not None and args.n < 1:
-        raise InputError(f"-n must be >= 1, found {args.n}")
-    if args.warmup < 0:
-        raise InputError(f"-w must be >= 0, found {args.warmup}")
-    if args.threads is not None and args.threads < 1:
-        raise InputError(f"--threads must be >= 1, found {args.threads} (leave it out for the default)")
-    if args.batch_size < 1:
-        raise InputError(f"--batch-size must be >= 1, found {args.batch_size}")
+    at_least("-n", args.n, 1)
+    at_least("-w", args.warmup, 0)
+    at_least("--threads", args.threads, 1, " (leave it out for the default)")
+    at_least("--batch-size", args.batch_size, 1)
     if generation_mode(args):
         for flag, given in (("-v", args.validate), ("--inputs", args.inputs), ("--answers", args.answers),
                             ("-n", args.n is not None)):
@@ -107,8 +103,7 @@ def check_args(args, rank: int) -> None:
                 raise InputError(f"{flag} is for workload mode; it cannot be combined with --prompt/--prompt-ids")
         if args.max_new_tokens is None:
             args.max_new_tokens = GEN_DEFAULT_NEW_TOKENS
-        if args.max_new_tokens < 1:
-            raise InputError(f"--max-new-tokens must be >= 1, found {args.max_new_tokens}")
+        at_least("--max-new-tokens", args.max_new_tokens, 1)
         Sampler(args.temperature, args.top_k, args.top_p, args.seed)  # InputError on a bad sampling flag
     else:
         if args.max_new_tokens is not None:

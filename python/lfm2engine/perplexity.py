@@ -26,7 +26,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import log
-from .cli import enable_bf16_dot
+from .cli import at_least, enable_bf16_dot
 from .errors import InputError
 from .models import SHIPPED, model_dir
 
@@ -42,8 +42,7 @@ class Window(NamedTuple):
 def windows(n: int, ctx: int, stride: int) -> list[Window]:
     """Sliding windows over a stream of n tokens: begin = 0, stride, 2·stride, ...; every token is
     scored by exactly one window (the first that reaches it). 1 <= stride <= ctx."""
-    if ctx < 1:
-        raise InputError(f"--ctx must be >= 1, found {ctx}")
+    at_least("--ctx", ctx, 1)
     if not 1 <= stride <= ctx:
         raise InputError(f"--stride must be in [1, ctx={ctx}], found {stride}")
     out, prev_end, begin = [], 0, 0
@@ -166,10 +165,8 @@ def _main(args) -> int:
     from .tokenizer import load_tokenizer
 
     log.configure(0, 1, 0 if args.quiet else 1)
-    if args.batch_size < 1:
-        raise InputError(f"--batch-size must be >= 1, found {args.batch_size}")
-    if args.max_tokens is not None and args.max_tokens < 1:
-        raise InputError(f"--max-tokens must be >= 1, found {args.max_tokens}")
+    at_least("--batch-size", args.batch_size, 1)
+    at_least("--max-tokens", args.max_tokens, 1)
     stride = args.stride if args.stride is not None else max(1, args.ctx // 2)
     windows(1, args.ctx, stride)  # validates --ctx / --stride before loading anything
     mdir = model_dir(args.model, "--model")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+from ..cli import at_least
 from ..errors import InputError
 
 
@@ -15,8 +16,7 @@ def check_int(name: str, v, minimum: int = 1) -> int:
     """v if it is an int (not a bool) >= minimum, else InputError naming `name`."""
     if isinstance(v, bool) or not isinstance(v, int):
         raise InputError(f"{name} must be an integer, found {v!r}")
-    if v < minimum:
-        raise InputError(f"{name} must be >= {minimum}, found {v}")
+    at_least(name, v, minimum)
     return v
 
 

@@ -85,7 +85,7 @@ def agree(comm, step):
     the first failing rank's line (and how many others failed), so the job stops cleanly with
     one message instead of one per rank or an MPI abort. -> step()'s result. Collective (one
     small allgather; also the barrier that orders rank 0's work before the others' use of it)."""
-    rank, size = comm.Get_rank(), comm.Get_size()
+    size = comm.Get_size()
     err, out = None, None
     try:
         out = step()

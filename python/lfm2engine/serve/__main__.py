@@ -14,6 +14,7 @@ import signal
 import sys
 
 from .. import log
+from ..cli import at_least
 from ..generate import PLANS, load_engine, resolve_model
 from ..parallel import run_guarded
 
@@ -64,8 +65,7 @@ def _main(comm, args) -> int:
     if missing:
         raise InputError(f"serving needs {', '.join(missing)}: pip install 'lfm2engine[serve]'")
     for name in ("step_tokens", "max_queue", "max_body_bytes"):
-        if getattr(args, name) < 1:
-            raise InputError(f"--{name.replace('_', '-')} must be >= 1, found {getattr(args, name)}")
+        at_least(f"--{name.replace('_', '-')}", getattr(args, name), 1)
     if not 0 <= args.port < 65536:
         raise InputError(f"--port must be in [0, 65535], found {args.port}")
     model_dir = resolve_model(args, comm)

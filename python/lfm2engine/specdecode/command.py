@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from .. import log
-from ..cli import parse_list, resolve_prompt
+from ..cli import at_least, parse_list, resolve_prompt
 from ..errors import InputError
 from ..models import model_dir
 from .decoder import SpeculativeDecoder, check_compatible
@@ -73,14 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_args(args) -> None:
-    if args.max_new_tokens < 1:
-        raise InputError(f"--max-new-tokens must be >= 1, found {args.max_new_tokens}")
-    if args.repeats < 1:
-        raise InputError(f"--repeats must be >= 1, found {args.repeats}")
-    if args.threads is not None and args.threads < 1:
-        raise InputError(f"--threads must be >= 1, found {args.threads} (leave it out for the default)")
-    if args.temperature < 0:
-        raise InputError(f"--temperature must be >= 0, found {args.temperature}")
+    at_least("--max-new-tokens", args.max_new_tokens, 1)
+    at_least("--repeats", args.repeats, 1)
+    at_least("--threads", args.threads, 1, " (leave it out for the default)")
+    at_least("--temperature", args.temperature, 0)
 
 
 def _same_tokenizer(target_dir: str, draft_dir: str) -> None:
