@@ -135,3 +135,16 @@ def cuda_missing(core) -> str | None:
         pytest.fail(f"{why}, but /dev/nvidia* exists: rebuild with LFM2_CUDA=ON (CUDA tests must not skip on a "
                     "GPU host)", pytrace=False)
     return why
+
+
+def small_model():
+    """A 3-layer MoE config (conv, attention, conv; 4 experts, D = 32, V = 50) and its synthetic
+    float32 tensors {name: array}: the checkpoint tests' smallest complete model."""
+    from lfm2engine.checkpoint import expected_tensors
+    from lfm2engine.synthetic import make_tensor, preset_config
+
+    cfg = preset_config("default").replace(num_hidden_layers=3, layer_types=("conv", "full_attention", "conv"),
+                                           num_experts=4, hidden_size=32, num_attention_heads=4,
+                                           num_key_value_heads=2, vocab_size=50, intermediate_size=24,
+                                           moe_intermediate_size=8)
+    return cfg, {n: make_tensor(cfg, n, s) for n, s in expected_tensors(cfg).items()}

@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
+from helpers import small_model
 from lfm2engine.checkpoint import (Checkpoint, bf16_to_f32, expected_tensors, f32_to_bf16, save_pretrained,
                                    scan)
 from lfm2engine.config import LFM2Config
@@ -42,12 +43,7 @@ def test_bf16_conversion_roundtrip_and_rounding():
 
 @pytest.fixture
 def small(tmp_path):
-    cfg = preset_config("default").replace(num_hidden_layers=3, layer_types=("conv", "full_attention", "conv"),
-                                           num_experts=4, hidden_size=32, num_attention_heads=4,
-                                           num_key_value_heads=2, vocab_size=50, intermediate_size=24,
-                                           moe_intermediate_size=8)
-    specs = expected_tensors(cfg)
-    tensors = {n: make_tensor(cfg, n, s) for n, s in specs.items()}
+    cfg, tensors = small_model()
     return cfg, tensors, tmp_path
 
 

@@ -10,19 +10,15 @@ import time
 import numpy as np
 import pytest
 
+from helpers import small_model
 from lfm2engine.checkpoint import Checkpoint, expected_tensors, manifest_size, save_pretrained
 from lfm2engine.config import LFM2Config
 from lfm2engine.errors import CheckpointError, ConfigError
-from lfm2engine.synthetic import make_tensor, preset_config
 
 
 @pytest.fixture
 def small(tmp_path):
-    cfg = preset_config("default").replace(num_hidden_layers=3, layer_types=("conv", "full_attention", "conv"),
-                                           num_experts=4, hidden_size=32, num_attention_heads=4,
-                                           num_key_value_heads=2, vocab_size=50, intermediate_size=24,
-                                           moe_intermediate_size=8)
-    tensors = {n: make_tensor(cfg, n, s) for n, s in expected_tensors(cfg).items()}
+    cfg, tensors = small_model()
     d = tmp_path / "ck"
     save_pretrained(cfg, tensors, str(d))
     return cfg, tensors, d

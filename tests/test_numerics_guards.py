@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 import fake_cuda
+from helpers import small_model
 from lfm2engine import Engine
 from lfm2engine.backends.cuda import CudaBackend
-from lfm2engine.checkpoint import all_finite, expected_tensors, f32_to_bf16, save_pretrained
+from lfm2engine.checkpoint import all_finite, f32_to_bf16, save_pretrained
 from lfm2engine.errors import CheckpointError, NumericsError
-from lfm2engine.synthetic import make_tensor, preset_config
 from lfm2engine.workload import validate
 
 NAN, INF = np.float32(np.nan), np.float32(np.inf)
@@ -56,11 +56,7 @@ def test_all_finite_finds_every_non_finite_pattern(dtype, rng):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    cfg = preset_config("default").replace(num_hidden_layers=3, layer_types=("conv", "full_attention", "conv"),
-                                           num_experts=4, hidden_size=32, num_attention_heads=4,
-                                           num_key_value_heads=2, vocab_size=50, intermediate_size=24,
-                                           moe_intermediate_size=8)
-    tensors = {n: make_tensor(cfg, n, s) for n, s in expected_tensors(cfg).items()}
+    cfg, tensors = small_model()
 
     def write(name, edit=None, dtype="F32"):
         d = tmp_path_factory.mktemp(name)
