@@ -24,6 +24,11 @@ ranks_of() {  # the ranks mpirun maps to $host: --map-by node over the hostfile,
 }
 if [ "$(ip -netns "$host" -o link show eth0 2>/dev/null | grep -c 'state UP')" = 0 ]; then
   echo "ssh: connect to host $host: network is down (link eth0 of $host is not up); no rank can start there$(ranks_of)" >&2
+  # Open MPI 5.0.11's prterun usually ends the job on this exit code, but now and then (seen under
+  # load) it keeps waiting for the daemon forever: stop it after a grace period so the job's bound
+  # holds. Detached, with no inherited output, so a launcher that does exit is not held up.
+  launcher=$PPID grace="${LFM2_SIM_UNREACHABLE_GRACE:-5}"
+  ( sleep "$grace"; kill -0 "$launcher" 2>/dev/null && kill -TERM "$launcher" ) </dev/null >/dev/null 2>&1 &
   exit 255
 fi
 exec ip netns exec "$host" unshare --uts -- sh -c 'hostname "$0" || exit 255; eval "$1"' "$host" "$*"

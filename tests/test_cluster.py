@@ -297,6 +297,21 @@ def test_a_host_that_never_comes_up_ends_the_job_naming_it(cluster, model, tmp_p
     assert_no_output(out)
 
 
+def test_the_agent_stops_a_launcher_that_keeps_waiting_for_an_unreachable_host(cluster):
+    """Open MPI's prterun now and then keeps waiting after the agent reported an unreachable host
+    (seen once in a full-suite run): the agent stops its launcher after a grace period. Here the
+    launcher is a process that would wait 60 s."""
+    sim(cluster, "link", "3", "down")
+    agent = os.path.join(ROOT, "scripts", "sim_agent.sh")
+    t0 = time.monotonic()
+    launcher = f"import subprocess, time; subprocess.run([{agent!r}, {PREFIX + '3'!r}, 'true']); time.sleep(60)"
+    r = subprocess.run([sys.executable, "-c", launcher], capture_output=True, text=True,
+                       env=dict(cluster, LFM2_SIM_UNREACHABLE_GRACE="1"), timeout=JOB_TIMEOUT)
+    secs = time.monotonic() - t0
+    assert r.returncode == -signal.SIGTERM and secs < 10, (r.returncode, secs, r.stderr)
+    assert f"connect to host {PREFIX}3: network is down" in r.stderr
+
+
 def _shaping_counts(host: str) -> tuple[int, int]:
     """(packets dropped, packets the rate limit held back) on host: netem's counters, or the
     nftables rule's and tbf's."""
