@@ -15,7 +15,7 @@ import pytest
 from lfm2engine import Engine, LFM2Config
 from lfm2engine.errors import InputError
 from lfm2engine.models import SHIPPED, held_out_text, model_dir, resolve_name, shipped_dir
-from lfm2engine.serve.request import TextTracker
+from lfm2engine.tokenizer import TextTracker
 from lfm2engine.tokenizer import load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

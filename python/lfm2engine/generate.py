@@ -296,7 +296,7 @@ def run_generation(args, comm, eng, model_dir, job: Job) -> dict:
 
     # Text mode: the prompt, then each token's text as it comes (rank 0 runs the single prompt under
     # every plan), decoded incrementally as the server does (a split UTF-8 character is held back).
-    from .serve.request import TextTracker
+    from .tokenizer import TextTracker
 
     stream = TextTracker(tok, []) if tok is not None and rank == 0 and not args.json else None
     on_token = None

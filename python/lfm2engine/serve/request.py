@@ -3,9 +3,9 @@ it turns into (incremental detokenization, stop strings, top-n logprobs).
 
 The scheduler thread fills a request (`accept` per generated token) and hands each step's
 output to the HTTP side as an Event through a thread-safe callback; the HTTP side only reads
-events. Text: with a tokenizer, the continuation is decoded as a whole after every token and
-the new suffix sent, holding back a trailing incomplete UTF-8 character and any tail that
-could still become a stop string; without one (token-id models) each token reads " <id>".
+events. Text: tokenizer.TextTracker, the one incremental decoder (also behind generate
+--prompt), holding back a trailing incomplete UTF-8 character and any tail that could still
+become a stop string; without a tokenizer (token-id models) each token reads " <id>".
 The EOS token ends a request without adding text; it is counted in usage and token_ids.
 """
 
@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from ..tokenizer import TextTracker  # noqa: F401  (GenRequest.text; re-exported)
 
 _ids = itertools.count()
 
@@ -29,58 +31,6 @@ class Event:
     logprobs: list[dict]  # one {"id", "token", "logprob", "top": [(id, token, logprob)]} per token
     finish_reason: str | None = None
     error: str | None = None
-
-
-class TextTracker:
-    """Token ids -> text deltas, with stop strings (tokenizer=None: ids as text).
-
-    Decoding is incremental, as in vLLM: only the tokens from `prefix` on are decoded again after
-    each new token, and their text beyond that of ids[prefix:read] is the new text, once it no
-    longer ends in an incomplete UTF-8 character. Costs O(1) decode calls of a few tokens per
-    token instead of decoding the whole continuation each time."""
-
-    def __init__(self, tokenizer, stop: list[str]):
-        self.tok, self.stop = tokenizer, list(stop)
-        self.ids: list[int] = []
-        self.prefix = self.read = 0  # ids[prefix:read] decode to the tail of `text` already taken
-        self.text = ""  # the decoded continuation so far (before any stop string)
-        self.sent = 0  # characters of `text` already sent
-        self.stopped = False
-
-    def token_text(self, tid: int) -> str:
-        text = self.tok.token_text(tid) if self.tok is not None else None
-        return f"token_id:{tid}" if text is None else text
-
-    def _decode_new(self, final: bool) -> None:
-        before = self.tok.decode(self.ids[self.prefix : self.read])
-        after = self.tok.decode(self.ids[self.prefix :])
-        if len(after) > len(before) and (final or not after.endswith("\ufffd")):
-            self.text += after[len(before) :]
-            self.prefix, self.read = self.read, len(self.ids)
-
-    def push(self, tid: int | None) -> str:
-        """Add a token (None: flush at the end) -> new text to send; sets `stopped` when a stop
-        string appeared (the text is cut before it)."""
-        if self.tok is None:
-            return "" if tid is None else f" {tid}"
-        if self.stopped:
-            return ""
-        if tid is not None:
-            self.ids.append(tid)
-        self._decode_new(final=tid is None)
-        full = self.text
-        for s in self.stop:  # the earliest stop string wins
-            k = full.find(s, max(0, self.sent - len(s) + 1))
-            if k >= 0:
-                self.stopped = True
-                full = full[:k]
-        end = len(full)
-        if tid is not None and not self.stopped:  # hold back a tail that may still grow into a stop string
-            end -= max((n for s in self.stop for n in range(1, min(len(s) - 1, end) + 1) if full.endswith(s[:n])),
-                       default=0)
-        end = max(end, self.sent)
-        out, self.sent = full[self.sent : end], end
-        return out
 
 
 @dataclass
