@@ -137,17 +137,11 @@ def with_near_ties(res: dict, outputs: np.ndarray, answers: np.ndarray, ties: di
     if judged.size == 0:
         res.update(valid=False, mismatches=0)
         return res
-    o, a = outputs[judged], answers[judged]
-    diff = np.abs(o.astype(np.float64) - a)
-    bad = ~(diff <= atol)
-    res.update(valid=not bool(bad.any()), mismatches=int(bad.sum()), max_abs_error=float(np.nanmax(diff)),
-               top1_accuracy=float(np.mean(np.argmax(o, axis=1) == np.argmax(a, axis=1))))
+    sub = validate(outputs[judged], answers[judged], atol)  # the same rule, on the judged samples
+    res.update({k: sub[k] for k in ("valid", "mismatches", "max_abs_error", "top1_accuracy")})
     res.pop("first_mismatch", None)
-    if bad.any():
-        r, j = map(int, np.argwhere(bad)[0])
-        s = int(judged[r])
-        res["first_mismatch"] = {"sample": s, "index": j, "output": float(outputs[s, j]),
-                                 "answer": float(answers[s, j])}
+    if "first_mismatch" in sub:
+        res["first_mismatch"] = dict(sub["first_mismatch"], sample=int(judged[sub["first_mismatch"]["sample"]]))
     return res
 
 
