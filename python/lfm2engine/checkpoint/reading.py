@@ -140,8 +140,8 @@ class Checkpoint:
     def dtype_of(self, name: str) -> str:
         return self.refs[name].dtype
 
-    def _read(self, name: str, n: int | None = None) -> np.ndarray:
-        """The first n bytes (all by default) of tensor `name`, in a new uint8 array."""
+    def _read(self, name: str, buf: np.ndarray) -> None:
+        """Fill `buf` (a C-contiguous array) with the first buf.nbytes bytes of tensor `name`."""
         r = self.refs[name]
         fd = self._fds.get(r.file)
         if fd is None:
@@ -149,9 +149,8 @@ class Checkpoint:
                 fd = self._fds[r.file] = os.open(r.file, os.O_RDONLY)
             except OSError as e:
                 raise CheckpointError(f"{r.file}: cannot open ({e.strerror})") from None
-        n = r.end - r.start if n is None else min(n, r.end - r.start)
-        buf = np.empty(n, np.uint8)
-        view, done = memoryview(buf), 0
+        n = buf.nbytes
+        view, done = memoryview(buf).cast("B"), 0
         while done < n:  # one read returns at most ~2 GiB on Linux
             try:
                 got = os.preadv(fd, [view[done:]], r.start + done)
@@ -161,11 +160,13 @@ class Checkpoint:
                 raise CheckpointError(f"{r.file}: the file ends inside tensor {name!r} (byte {r.start + done} of "
                                       f"{r.start}..{r.end}): it was truncated or replaced while loading")
             done += got
-        return buf
 
     def raw(self, name: str) -> np.ndarray:
+        """The tensor as stored, in an array that owns its memory (no further copy is needed)."""
         r = self.refs[name]
-        return self._read(name).view(DTYPE_TAGS[r.dtype][0]).reshape(r.shape)
+        a = np.empty(r.shape, DTYPE_TAGS[r.dtype][0])
+        self._read(name, a)
+        return a
 
     def close(self) -> None:
         for fd in self._fds.values():
@@ -201,5 +202,8 @@ class Checkpoint:
         for n in sorted(self.refs):
             r = self.refs[n]
             h.update(f"{n}:{r.dtype}:{r.shape}:{r.end - r.start}".encode())
-        h.update(self._read("model.embed_tokens.weight", 256 * DTYPE_TAGS[self.refs["model.embed_tokens.weight"].dtype][1]).tobytes())
+        emb = self.refs["model.embed_tokens.weight"]
+        first = np.empty(min(256 * DTYPE_TAGS[emb.dtype][1], emb.end - emb.start), np.uint8)
+        self._read("model.embed_tokens.weight", first)
+        h.update(first.tobytes())
         return h.hexdigest()[:16]
