@@ -24,6 +24,7 @@ import time
 
 import numpy as np
 
+from ..cli import at_least
 from ..errors import InputError
 from ..parallel.comm import gather_rows
 from ..parallel.executors import idle_pass
@@ -136,8 +137,7 @@ class StepExecutor:
 
 def check_slots(slots_per_rank: int, capacity: int, engine) -> None:
     """InputError for a KV budget the engine cannot hold."""
-    if slots_per_rank < 1:
-        raise InputError(f"--max-batch must be >= 1, found {slots_per_rank}")
+    at_least("--max-batch", slots_per_rank, 1)
     ctx = engine.config.max_position_embeddings
     if not 2 <= capacity <= ctx:
         raise InputError(f"--max-context must be in [2, {ctx}] (the model's context), found {capacity}")
