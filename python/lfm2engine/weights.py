@@ -10,8 +10,9 @@ then the qkv_split op); dense gate | up fused [2F, D]; experts stacked [E, 2Fe, 
 and [E, D, Fe]. Projections are float32, bf16 bits (uint16) or float16; norms, conv taps,
 router and expert_bias always float32 (expert selection must not change with the dtype).
 
-Every host array is the engine's own copy, never a view of the checkpoint's file mapping: a
-checkpoint truncated or replaced while a job runs cannot fault a later forward (SIGBUS).
+Every host array is the engine's own memory (the checkpoint reader fills arrays of its own with
+positioned reads; nothing maps the file): a checkpoint truncated or replaced while a job runs
+cannot fault a later forward (SIGBUS), and one cut while loading is a CheckpointError.
 `digest` fingerprints the bytes of every array as the engine holds them (CRC-32 per array, in
 load order; MPI ranks compare it at start-up). Once the fused model of an engine reads the
 arrays in place, it owns a frozen `snapshot()` of them (which pins every array it reads) and the
@@ -77,7 +78,7 @@ def _read_only(a) -> None:
 
 
 def _own(a: np.ndarray) -> np.ndarray:
-    """`a` as a C-contiguous array that owns its memory (a copy when it views a file mapping)."""
+    """`a` as a C-contiguous array that owns its memory (a copy only when it is a view, e.g. a reshape)."""
     return a if a.flags.owndata and a.flags.c_contiguous else np.array(a, order="C")
 
 
