@@ -1,7 +1,8 @@
 // NumPy array -> TensorView at the Python boundary, with no casts and no copies: the argument
 // must already be an ndarray of a supported dtype (TypeError otherwise), C-contiguous, aligned,
 // native byte order and, for outputs, writable (ValueError otherwise). Messages name the op and
-// the argument. uint16 arrays are bf16 bits by convention; bool arrays are read as uint8.
+// the argument. uint16 arrays are bf16 bits by convention; bool arrays are read as uint8; structured
+// arrays of lfm2engine.quant's block dtypes (told apart by item size) are block-quantized weights.
 // Shape checks belong to the ops (ops.h), which see all arguments together.
 #pragma once
 
@@ -34,12 +35,20 @@ inline DType dtype_of(const py::array& a, const char* op, const char* name) {
         d = DType::I32;
     else if ((kind == 'u' || kind == 'b') && size == 1)
         d = DType::U8;
+    else if (kind == 'V' && !dt.attr("names").is_none() && size == 34)
+        d = DType::Q8_0;
+    else if (kind == 'V' && !dt.attr("names").is_none() && size == 18)
+        d = DType::Q4_0;
+    else if (kind == 'V' && !dt.attr("names").is_none() && size == 144)
+        d = DType::Q4_K;
+    else if (kind == 'V' && !dt.attr("names").is_none() && size == 210)
+        d = DType::Q6_K;
     else
         ok = false;
     if (!ok)
         throw py::type_error(std::string(op) + ": argument '" + name + "' has dtype " + std::string(py::str(dt)) +
-                             " (native float32, float16, uint16 = bf16 bits, int32 or uint8 expected;"
-                             " lfm2engine never converts arrays implicitly)");
+                             " (native float32, float16, uint16 = bf16 bits, int32, uint8 or a block dtype of"
+                             " lfm2engine.quant expected; lfm2engine never converts arrays implicitly)");
     return d;
 }
 
@@ -67,6 +76,16 @@ View to_view(const py::handle& obj, const char* op, const char* name, bool writa
     for (int i = 0; i < v.ndim; ++i) {
         v.shape[i] = a.shape(i);
         v.strides[i] = a.strides(i) / item;
+    }
+    if (is_quantized(v.dtype)) {  // blocks [..., K / block] -> the logical weights [..., K], C-contiguous
+        if (v.ndim == 0)
+            throw py::value_error(std::string(op) + ": argument '" + name + "' is a 0-d block array");
+        v.shape[v.ndim - 1] *= dtype_block(v.dtype);
+        int64_t st = 1;
+        for (int i = v.ndim - 1; i >= 0; --i) {
+            v.strides[i] = st;
+            st *= v.shape[i];
+        }
     }
     if constexpr (std::is_same_v<View, TensorView>)
         v.data = const_cast<void*>(a.data());

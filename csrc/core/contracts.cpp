@@ -10,6 +10,17 @@ namespace lfm2 {
 namespace {
 
 constexpr std::initializer_list<DType> kWeight = {DType::F32, DType::BF16, DType::F16};
+// Weights of the matrix products and the embedding table may also be block-quantized.
+constexpr std::initializer_list<DType> kWeightQ = {DType::F32,  DType::BF16, DType::F16, DType::Q8_0,
+                                                   DType::Q4_0, DType::Q4_K, DType::Q6_K};
+
+// A quantized weight's rows must be whole blocks (views from NumPy always are; internal views are checked).
+void expect_whole_blocks(const char* op, const char* name, const ConstTensorView& w) {
+    if (!is_quantized(w.dtype) || w.ndim == 0) return;
+    const int64_t k = w.shape[w.ndim - 1];
+    LFM2_CHECK(k % dtype_block(w.dtype) == 0, op, "argument '", name, "' (", dtype_name(w.dtype), ") has rows of ", k,
+               " weights, not a multiple of its block of ", dtype_block(w.dtype));
+}
 
 CacheDims check_cache(const char* op, const ConstTensorView& kc, const ConstTensorView& vc) {
     expect_dtype(op, "k_cache", kc, {DType::F32});
@@ -42,8 +53,10 @@ void check_slots(const char* op, const ConstTensorView& seq, const ConstTensorVi
 }
 
 ExpertDims check_experts(const char* op, const ConstTensorView& w13, const ConstTensorView& w2, int64_t D) {
-    expect_dtype(op, "w13", w13, kWeight);
-    expect_dtype(op, "w2", w2, kWeight);
+    expect_dtype(op, "w13", w13, kWeightQ);
+    expect_dtype(op, "w2", w2, kWeightQ);
+    expect_whole_blocks(op, "w13", w13);
+    expect_whole_blocks(op, "w2", w2);
     expect_shape(op, "w2", w2, {-1, D, -1}, "[E, D, Fe]");
     const int64_t E = w2.size(0), Fe = w2.size(2);
     expect_shape(op, "w13", w13, {E, 2 * Fe, D}, "[E, 2Fe, D] (gate | up; E, Fe from w2)");
@@ -58,7 +71,8 @@ GemmDims check_gemm(const TensorView& out, const ConstTensorView& x, const Const
     const char* op = "gemm";
     expect_dtype(op, "out", out, {DType::F32});
     expect_dtype(op, "x", x, {DType::F32});
-    expect_dtype(op, "w", w, kWeight);
+    expect_dtype(op, "w", w, kWeightQ);
+    expect_whole_blocks(op, "w", w);
     expect_shape(op, "x", x, {-1, -1}, "[T, K]");
     const int64_t T = x.size(0), K = x.size(1);
     expect_shape(op, "w", w, {-1, K}, "[N, K] (K from x)");
@@ -76,7 +90,8 @@ EmbeddingDims check_embedding(const TensorView& out, const ConstTensorView& tabl
                               Indices where) {
     const char* op = "embedding";
     expect_dtype(op, "out", out, {DType::F32});
-    expect_dtype(op, "table", table, kWeight);
+    expect_dtype(op, "table", table, kWeightQ);
+    expect_whole_blocks(op, "table", table);
     expect_dtype(op, "ids", ids, {DType::I32});
     expect_shape(op, "table", table, {-1, -1}, "[V, D]");
     const int64_t V = table.size(0), D = table.size(1);

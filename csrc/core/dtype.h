@@ -16,9 +16,13 @@
 
 namespace lfm2 {
 
-enum class DType : uint8_t { F32, F16, BF16, I32, U8 };
+// Q8_0, Q4_0, Q4_K, Q6_K: GGUF's block-quantized weight types (csrc/core/quant.h has the block
+// layouts; python/lfm2engine/quant.py the values). A view of such a tensor has the logical shape
+// and element strides ([N, K] for N rows of K weights, K a multiple of the block); its bytes are
+// dtype_bytes(dtype, numel). Only weight arguments (gemm, embedding, experts) accept them.
+enum class DType : uint8_t { F32, F16, BF16, I32, U8, Q8_0, Q4_0, Q4_K, Q6_K };
 
-inline const char* dtype_name(DType d) {
+LFM2_HD inline const char* dtype_name(DType d) {
     switch (d) {
         case DType::F32:
             return "float32";
@@ -30,11 +34,38 @@ inline const char* dtype_name(DType d) {
             return "int32";
         case DType::U8:
             return "uint8";
+        case DType::Q8_0:
+            return "q8_0";
+        case DType::Q4_0:
+            return "q4_0";
+        case DType::Q4_K:
+            return "q4_k";
+        case DType::Q6_K:
+            return "q6_k";
     }
     return "?";
 }
 
-inline int dtype_size(DType d) {
+LFM2_HD inline bool is_quantized(DType d) {
+    return d == DType::Q8_0 || d == DType::Q4_0 || d == DType::Q4_K || d == DType::Q6_K;
+}
+
+// Weights per block (1 for element types) and bytes per block.
+LFM2_HD inline int64_t dtype_block(DType d) {
+    switch (d) {
+        case DType::Q8_0:
+        case DType::Q4_0:
+            return 32;
+        case DType::Q4_K:
+        case DType::Q6_K:
+            return 256;
+        default:
+            return 1;
+    }
+}
+
+// Bytes per element, or per block for the quantized types (see dtype_bytes).
+LFM2_HD inline int dtype_size(DType d) {
     switch (d) {
         case DType::F32:
         case DType::I32:
@@ -44,8 +75,21 @@ inline int dtype_size(DType d) {
             return 2;
         case DType::U8:
             return 1;
+        case DType::Q8_0:
+            return 34;
+        case DType::Q4_0:
+            return 18;
+        case DType::Q4_K:
+            return 144;
+        case DType::Q6_K:
+            return 210;
     }
     return 0;
+}
+
+// Bytes of n consecutive elements (n a multiple of the block for quantized types).
+LFM2_HD inline int64_t dtype_bytes(DType d, int64_t n) {
+    return n / dtype_block(d) * int64_t(dtype_size(d));
 }
 
 // Storage tags: the same 16 bits mean different numbers, so the type says which.

@@ -135,8 +135,8 @@ template <class A, class B>
 void expect_disjoint(const char* op, const char* a_name, const A& a, const char* b_name, const B& b) {
     auto lo_a = reinterpret_cast<uintptr_t>(a.data);
     auto lo_b = reinterpret_cast<uintptr_t>(b.data);
-    auto hi_a = lo_a + uintptr_t(a.numel() * dtype_size(a.dtype));
-    auto hi_b = lo_b + uintptr_t(b.numel() * dtype_size(b.dtype));
+    auto hi_a = lo_a + uintptr_t(dtype_bytes(a.dtype, a.numel()));
+    auto hi_b = lo_b + uintptr_t(dtype_bytes(b.dtype, b.numel()));
     bool overlap = lo_a < hi_b && lo_b < hi_a;
     LFM2_CHECK(!overlap, op, "argument '", a_name, "' overlaps '", b_name, "' in memory; pass separate arrays");
 }

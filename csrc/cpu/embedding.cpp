@@ -4,6 +4,7 @@
 // row is written.
 #include <algorithm>
 
+#include "core/quant.h"
 #include "core/threading.h"
 #include "dispatch.h"
 #include "ops.h"
@@ -37,6 +38,15 @@ void embedding(TensorView out, ConstTensorView table, ConstTensorView ids) {
     const int64_t T = d.T, D = d.D;
     const int32_t* id = ids.ptr<int32_t>();
     const Isa isa = active_isa();
+    if (is_quantized(table.dtype)) {  // one dequantized row per token (core/quant.h's values)
+        const char* tb = static_cast<const char*>(table.data);
+        const int64_t row = dtype_bytes(table.dtype, D);
+        float* o = out.ptr<float>();
+        parallel_ranges(T, D, [&](int64_t t0, int64_t t1) {
+            for (int64_t t = t0; t < t1; ++t) dequant_row(table.dtype, tb + id[t] * row, o + t * D, D);
+        });
+        return;
+    }
     switch (table.dtype) {
         case DType::BF16:
             gather(isa, out.ptr<float>(), table.ptr<bf16_t>(), id, T, D);

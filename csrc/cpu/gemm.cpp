@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "core/threading.h"
+#include "gemm_blocks.h"
 #include "kernels.h"
 #include "ops.h"
 
@@ -154,36 +155,6 @@ struct GemmBlock {
     }
 };
 
-constexpr int64_t kWeightBlockBytes = 512 * 1024;  // half of a 1-2 MiB L2
-// x rows per work item (multiples of every MR): 48, or 96 for a long prefill, where each weight
-// block is then reused by twice as many tiles (K = 2048, T = 1024: 0.64 -> 0.70x OpenBLAS); short
-// inputs keep 48 so that both threads get equal shares.
-constexpr int64_t kRowChunk = 48, kRowChunkLong = 96;
-
-// The parallel loop over (row chunk, weight block) work items shared by every GEMM driver:
-// run(m0, m1, n0, n1) for rows [m0, m1) × weight rows [n0, n1). Weight block: as many rows of
-// row_bytes as fit kWeightBlockBytes, a multiple of 16 (every NR divides it), shrunk when there
-// would be too few items to keep the threads busy. The split never changes a result.
-template <class Run>
-void for_each_gemm_block(int64_t M, int64_t N, int64_t K, int64_t row_bytes, Run&& run) {
-    if (M <= 0 || N <= 0) return;
-    int64_t nb = std::max<int64_t>(16, kWeightBlockBytes / std::max<int64_t>(row_bytes, 1) / 16 * 16);
-    const int64_t rc = M >= 8 * kRowChunkLong ? kRowChunkLong : kRowChunk;
-    const int64_t m_chunks = (M + rc - 1) / rc, min_items = 4 * int64_t(num_threads());
-    if (m_chunks * ((N + nb - 1) / nb) < min_items) {
-        const int64_t want_blocks = (min_items + m_chunks - 1) / m_chunks;
-        nb = std::max<int64_t>(16, ((N + want_blocks - 1) / want_blocks + 15) / 16 * 16);
-    }
-    const int64_t n_blocks = (N + nb - 1) / nb;
-    parallel_for(
-        m_chunks * n_blocks,
-        [&](int64_t item) {
-            const int64_t m0 = item / n_blocks * rc, n0 = item % n_blocks * nb;
-            run(m0, std::min(M, m0 + rc), n0, std::min(N, n0 + nb));
-        },
-        M * N * std::max<int64_t>(K, 1), min_parallel_gemm());
-}
-
 template <class WT>
 void gemm_typed(Isa isa, const float* x, int64_t ldx, const WT* w, int64_t ldw, float* out, int64_t ldo, int64_t M,
                 int64_t N, int64_t K) {
@@ -285,6 +256,11 @@ void gemm_bf16_dot(const float* x, int64_t ldx, const bf16_t* w, int64_t ldw, fl
 
 }  // namespace
 
+void gemm_f32_block(Isa isa, const float* x, int64_t ldx, const float* w, int64_t ldw, float* out, int64_t ldo,
+                    int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t K) {
+    run_kernel<GemmBlock>(isa, x, ldx, w, ldw, out, ldo, m0, m1, n0, n1, K);
+}
+
 void gemm_raw(Isa isa, const float* x, int64_t ldx, const void* w, DType wdt, int64_t ldw, float* out, int64_t ldo,
               int64_t M, int64_t N, int64_t K) {
     switch (wdt) {
@@ -296,6 +272,12 @@ void gemm_raw(Isa isa, const float* x, int64_t ldx, const void* w, DType wdt, in
             break;
         case DType::F16:
             gemm_typed(isa, x, ldx, static_cast<const f16_t*>(w), ldw, out, ldo, M, N, K);
+            break;
+        case DType::Q8_0:
+        case DType::Q4_0:
+        case DType::Q4_K:
+        case DType::Q6_K:
+            gemm_quant(isa, x, ldx, w, wdt, ldw, out, ldo, M, N, K);
             break;
         default:
             gemm_typed(isa, x, ldx, static_cast<const float*>(w), ldw, out, ldo, M, N, K);

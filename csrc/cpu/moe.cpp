@@ -35,8 +35,8 @@ ExpertWeights expert_weights(const ExpertDims& e, ConstTensorView w13, ConstTens
     ew.E = e.E;
     ew.D = e.D;
     ew.Fe = e.Fe;
-    ew.bytes13 = 2 * e.Fe * e.D * dtype_size(w13.dtype);
-    ew.bytes2 = e.D * e.Fe * dtype_size(w2.dtype);
+    ew.bytes13 = dtype_bytes(w13.dtype, 2 * e.Fe * e.D);
+    ew.bytes2 = dtype_bytes(w2.dtype, e.D * e.Fe);
     return ew;
 }
 
