@@ -58,49 +58,72 @@ def convert(tree: str, model: str, outtype: str, out: str) -> str:
     if os.path.exists(out) and os.path.getmtime(out) >= os.path.getmtime(os.path.join(model, "config.json")):
         return out
     print(f"[bench] converting {model} to {out} ({outtype}) with {tree}/convert_hf_to_gguf.py", file=sys.stderr)
+    tmp = out + ".part"  # renamed into place once complete: an interrupted conversion is never reused
     r = subprocess.run([sys.executable, "-c", _CONVERT_NONE_VOCAB, tree, model, "--outtype", outtype, "--outfile",
-                        out], capture_output=True, text=True)
+                        tmp], capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(f"conversion failed:\n{r.stderr[-3000:]}")
+    os.replace(tmp, out)
     return out
 
 
-def llama_bench(exe: str, gguf: str, threads: int, prompts: list[int], gen: int) -> dict:
-    """{('pp', n) | ('tg', n): tokens/s} from one llama-bench invocation (its own 3 repetitions)."""
-    cmd = [exe, "-m", gguf, "-t", str(threads), "-p", ",".join(map(str, prompts)), "-n", str(gen), "-r", "3",
-           "-o", "json"]
+def quantize_gguf(tree: str, src: str, qtype: str, out: str, threads: int) -> str:
+    """llama.cpp's own quantizer (build/bin/llama-quantize) from a bf16/f16/f32 GGUF to `qtype`
+    (Q8_0, Q4_0, Q4_K_M, ... as llama-quantize names them); skipped when `out` is newer than `src`."""
+    if os.path.exists(out) and os.path.getmtime(out) >= os.path.getmtime(src):
+        return out
+    exe = os.path.join(tree, "build", "bin", "llama-quantize")
+    if not os.access(exe, os.X_OK):
+        raise SystemExit(f"{exe} not found: build llama.cpp's llama-quantize target (see bench_llamacpp.py)")
+    print(f"[bench] quantizing {src} to {out} ({qtype}) with {exe}", file=sys.stderr)
+    tmp = out + ".part"
+    r = subprocess.run([exe, src, tmp, qtype, str(threads)], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"llama-quantize failed:\n{r.stderr[-3000:]}")
+    os.replace(tmp, out)
+    return out
+
+
+def llama_bench(exe: str, gguf: str, threads: int, prompts: list[int], gen: int, reps: int = 3,
+                warmup: bool = True) -> dict:
+    """{('pp', n) | ('tg', n): [tokens/s of each repetition, in order]} from one llama-bench
+    invocation. warmup=False (--no-warmup): the first repetition of each test is its cold run (the
+    first pp after the model loaded; tg runs after the pp tests in the same process)."""
+    cmd = [exe, "-m", gguf, "-t", str(threads), "-p", ",".join(map(str, prompts)), "-n", str(gen), "-r", str(reps),
+           "-o", "json"] + ([] if warmup else ["--no-warmup"])
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(f"llama-bench failed ({' '.join(cmd)}):\n{r.stderr[-3000:]}")
     out = {}
     for row in json.loads(r.stdout):
         key = ("pp", row["n_prompt"]) if row["n_gen"] == 0 else ("tg", row["n_gen"])
-        out[key] = float(row["avg_ts"])
+        out[key] = [float(x) for x in row["samples_ts"]]
     return out
 
 
-def ours(eng, prompts: list[int], gen: int, vocab: int) -> dict:
+def ours(eng, prompts: list[int], gen: int, vocab: int, reps: int = 3) -> dict:
+    """Our engine on llama-bench's tests: {('pp', n) | ('tg', gen): [tokens/s of each run, in order]},
+    1 + reps runs each; the first is the warm-up (the cold run when the engine was just loaded)."""
     rng = np.random.default_rng(0)
     out = {}
     for n in prompts:
         ids = [rng.integers(0, vocab, n).tolist()]
         s = eng.session(1, n)
-        s.prefill(ids)  # warm
         ts = []
-        for _ in range(3):
+        for _ in range(1 + reps):
             t0 = time.perf_counter()
             s.prefill(ids)
-            ts.append(time.perf_counter() - t0)
-        out[("pp", n)] = n / statistics.median(ts)
+            ts.append(n / (time.perf_counter() - t0))
+        out[("pp", n)] = ts
     s = eng.session(1, gen + 1)
     ts = []
-    for _ in range(4):  # first run warms
+    for _ in range(1 + reps):
         s.reset()
         t0 = time.perf_counter()
         for j in range(gen):
             s.decode([j % vocab])
-        ts.append(time.perf_counter() - t0)
-    out[("tg", gen)] = gen / statistics.median(ts[1:])
+        ts.append(gen / (time.perf_counter() - t0))
+    out[("tg", gen)] = ts
     return out
 
 
@@ -145,8 +168,8 @@ def main(argv=None):
     rows = []
     for dt in cases:
         for key in [("pp", n) for n in prompts] + [("tg", a.gen)]:
-            mine = statistics.median(x[key] for x in runs[(dt, "ours")])
-            peer = statistics.median(x[key] for x in runs[(dt, "llama.cpp")])
+            mine = statistics.median(statistics.median(x[key][1:]) for x in runs[(dt, "ours")])
+            peer = statistics.median(statistics.mean(x[key]) for x in runs[(dt, "llama.cpp")])
             rows.append({"weights": dt, "test": f"{key[0]}{key[1]}", "ours_tok_s": mine, "llamacpp_tok_s": peer,
                          "x_vs_llamacpp": mine / peer})
     print_table(rows, ["weights", "test", "ours_tok_s", "llamacpp_tok_s", "x_vs_llamacpp"])
