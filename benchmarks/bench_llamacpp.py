@@ -8,7 +8,7 @@ point this script at the tree. Its source ships in PyPI's llama-cpp-python sdist
     LL=$(echo /tmp/llama/llama_cpp_python-*/vendor/llama.cpp)
     cmake -S $LL -B $LL/build -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \\
           -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF
-    cmake --build $LL/build --target llama-bench -j 2
+    cmake --build $LL/build --target llama-bench llama-quantize -j 2
     python benchmarks/bench_llamacpp.py --llama-cpp $LL
 
 The checkpoint (default: the built-in synthetic model) is converted with the tree's own

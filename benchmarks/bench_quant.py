@@ -131,6 +131,36 @@ def summarize(runs: list[dict], test: str) -> dict | None:
             "cold": statistics.median(x[0] for x in ok), "rounds": len(ok)}
 
 
+def table_rows(runs: dict, types, modes, profiles: dict, dram: float, prompt: int, gen: int) -> list[dict]:
+    """One row per (type, test, engine): warm and cold tokens/s, ours / llama.cpp, the target and
+    whether the warm ratio meets it; tg: the roof (triad GB/s / bytes per token) and the share of
+    it; pp: GFLOP/s (2 × active weights per token)."""
+    rows = []
+    for t in types:
+        p = profiles[t]
+        for test, n in (("pp", prompt), ("tg", gen)):
+            peer = summarize(runs[(t, "llama.cpp")], test)
+            for who in ("llama.cpp", *modes):
+                s = summarize(runs[(t, who)], test)
+                row = {"type": t, "test": f"{test}{n}", "engine": who if who == "llama.cpp" else f"ours {who}"}
+                if s is None:
+                    rows.append(dict(row, error=next(x["error"] for x in runs[(t, who)])))
+                    continue
+                row.update(warm=s["warm"], cold=s["cold"], warm_range=[s["warm_min"], s["warm_max"]],
+                           rounds=s["rounds"])
+                if who != "llama.cpp":
+                    row.update(x_warm=s["warm"] / peer["warm"], x_cold=s["cold"] / peer["cold"])
+                    if (t, test) in TARGETS:
+                        row.update(target=TARGETS[(t, test)], met=row["x_warm"] >= TARGETS[(t, test)])
+                if test == "tg":
+                    row["roof"] = dram * 1e9 / p["bytes_per_token"]
+                    row["pct_roof"] = 100 * s["warm"] / row["roof"]
+                else:
+                    row["gflops"] = s["warm"] * p["flops_per_token"] / 1e9
+                rows.append(row)
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--llama-cpp", help="llama.cpp source tree with build/bin/llama-bench and llama-quantize")
@@ -192,33 +222,9 @@ def main(argv=None):
     roof_after = bandwidth_roofs()
     dram = min(roof_before["dram"], roof_after["dram"])
 
-    rows = []
-    for t in types:
-        p = profiles[t]
-        for test, n in (("pp", a.prompt), ("tg", a.gen)):
-            peer = summarize(runs[(t, "llama.cpp")], test)
-            row = {"type": t, "test": f"{test}{n}", "llamacpp_warm": peer["warm"], "llamacpp_cold": peer["cold"],
-                   "target": TARGETS.get((t, test))}
-            if test == "tg":
-                row["roof_tok_s"] = dram * 1e9 / p["bytes_per_token"]
-            for m in modes:
-                s = summarize(runs[(t, m)], test)
-                if s is None:
-                    row[f"{m}_error"] = next(x["error"] for x in runs[(t, m)])
-                    continue
-                row.update({f"{m}_warm": s["warm"], f"{m}_cold": s["cold"], f"{m}_x_warm": s["warm"] / peer["warm"],
-                            f"{m}_x_cold": s["cold"] / peer["cold"], f"{m}_warm_range": [s["warm_min"], s["warm_max"]]})
-                if test == "tg":
-                    row[f"{m}_pct_roof"] = 100 * s["warm"] / row["roof_tok_s"]
-                else:
-                    row[f"{m}_gflops"] = s["warm"] * p["flops_per_token"] / 1e9
-                if row["target"] is not None:
-                    row[f"{m}_met"] = s["warm"] / peer["warm"] >= row["target"]
-            rows.append(row)
-    cols = ["type", "test", "llamacpp_warm", "llamacpp_cold"]
-    for m in modes:
-        cols += [f"{m}_warm", f"{m}_cold", f"{m}_x_warm", f"{m}_x_cold"]
-    print_table(rows, cols + ["target", "roof_tok_s"])
+    rows = table_rows(runs, types, modes, profiles, dram, a.prompt, a.gen)
+    print_table(rows, ["type", "test", "engine", "warm", "cold", "x_warm", "x_cold", "target", "met", "roof",
+                       "pct_roof", "gflops", "error"])
     for t in types:
         print(f"{t}: {files[t]} ({profiles[t]['file_bytes'] / 1e9:.2f} GB; "
               f"{profiles[t]['bytes_per_token'] / 1e6:.0f} MB read per decoded token)")
