@@ -2,14 +2,19 @@
 
 Part 1 (perplexity; `tiny` and `tiny-draft`, the shipped trained models): over the held-out KJV split
 (windows of --ctx tokens, stride ctx/2, BOS first, as `python -m lfm2engine.perplexity`), perplexity
-in every mode of MODES: fp32 (exact), bf16 / f16 weights (fp32 compute), the bf16 dot mode
-(bf16-rounded activations; needs AVX512_BF16), the block-quantized weight types q8_0 / q4_0 / q4_k
-(quantized on load) and q4_k_m (a GGUF written by `python -m lfm2engine.quantize`), each also in the
-fast mode with int8 activations (`_core.set_quant_dot`). For each non-fp32 mode: the change of
-perplexity, the share of scored positions whose top-1 token differs from fp32's, the mean KL
-divergence KL(fp32 || mode) of the next-token distributions, and the largest |Δ logit|. A mode the
-model cannot take (q4_k needs row widths that are multiples of 256; tiny's hidden size is 128) or
-this build/CPU lacks is a row saying why.
+in every mode of MODES:
+  * fp32 (exact); bf16 / f16 weights (fp32 compute); the bf16 dot mode (bf16-rounded activations;
+    needs AVX512_BF16);
+  * the block-quantized weight types q8_0 / q4_0 / q4_k (quantized on load) and q4_k_m (a GGUF
+    written by `python -m lfm2engine.quantize`), each also in the fast mode with int8 activations
+    (`_core.set_quant_dot`);
+  * the oracle rows "q8_0 ref" / "q4_0 ref" / "q4_k ref": the fp32 engine on a checkpoint holding
+    dequantize(quantize(W)) of every 2-D weight but the router's (what the exact mode must equal
+    within fp32 rounding; needs no quantized kernel).
+For each non-fp32 mode: the change of perplexity, the share of scored positions whose top-1 token
+differs from fp32's, the mean KL divergence KL(fp32 || mode) of the next-token distributions, and
+the largest |Δ logit|. A mode the model cannot take (q4_k needs row widths that are multiples of
+256; tiny's hidden size is 128) or this build/CPU lacks is a row saying why.
 
 Part 2 (workload; the built-in `default` synthetic model, LFM2-8B-A1B's structure at small width, and
 its course workload from `lfm2engine.workload.default_workload`: 32 prompts × 16 tokens): the
@@ -54,6 +59,9 @@ MODES = {
     "q8_0": ("q8_0", None), "q4_0": ("q4_0", None), "q4_k": ("q4_k", None), "q4_k_m": ("gguf:q4_k_m", None),
     "q8_0 fast": ("q8_0", "quant_dot"), "q4_0 fast": ("q4_0", "quant_dot"), "q4_k fast": ("q4_k", "quant_dot"),
     "q4_k_m fast": ("gguf:q4_k_m", "quant_dot"),
+    # the oracle: the fp32 engine on dequantize(quantize(W)) of the same matrices (what the exact
+    # mode must equal within fp32 rounding; runs without the quantized kernels)
+    "q8_0 ref": ("ref:q8_0", None), "q4_0 ref": ("ref:q4_0", None), "q4_k ref": ("ref:q4_k", None),
 }
 
 
@@ -98,7 +106,29 @@ def load_modes(model: str, labels, threads, tmp: str) -> tuple[dict, dict]:
     return engines, missing
 
 
+def quantized_copy(model: str, qtype: str, out: str) -> str:
+    """A float32 checkpoint holding dequantize(quantize(W, qtype)) for every 2-D matrix but the
+    router's (the token embedding / tied head included); norms, conv kernels, biases unchanged.
+    InputError (from quant.quantize) where a row width is not a whole number of blocks."""
+    from lfm2engine.checkpoint import Checkpoint, save_pretrained
+    from lfm2engine.quant import dequantize, quantize
+
+    ck = Checkpoint(model)
+
+    def tensor(name):
+        a = np.array(ck.f32(name))
+        if a.ndim != 2 or name.endswith("feed_forward.gate.weight"):
+            return a
+        return dequantize(quantize(a, qtype)).reshape(a.shape)
+
+    save_pretrained(ck.config, tensor, out, dtype="F32")
+    return out
+
+
 def load(model: str, weights: str, threads, tmp: str) -> Engine:
+    if weights.startswith("ref:"):
+        out = os.path.join(tmp, f"{os.path.basename(model)}-{weights[4:]}-ref")
+        return Engine.from_pretrained(quantized_copy(model, weights[4:], out), num_threads=threads)
     if weights.startswith("gguf:"):
         out = os.path.join(tmp, f"{os.path.basename(model)}-{weights[5:]}.gguf")
         if not os.path.exists(out):
@@ -155,7 +185,7 @@ def perplexity_part(names, labels, args, tmp, text) -> tuple[dict, list[str]]:
     for name in names:
         ids = load_tokenizer(shipped_dir(name)).encode(text)[:args.max_tokens]
         out = out_all[name] = {"tokens": len(ids)}
-        engines, missing = load_modes(name, ["fp32"] + [m for m in labels if m != "fp32"], args.threads, tmp)
+        engines, missing = load_modes(shipped_dir(name), ["fp32"] + [m for m in labels if m != "fp32"], args.threads, tmp)
         bos = engines["fp32"][0].config.bos_token_id
         seqs, first = text_sequences(ids, args.ctx, args.ctx // 2, bos)
         acc = compare_modes(engines, seqs, first, args.batch_size)
