@@ -180,17 +180,19 @@ def compare_modes(engines, seqs, first, batch_size):
 
 def perplexity_part(names, labels, args, tmp, text) -> tuple[dict, list[str]]:
     out_all = {}
-    lines = ["| model | mode | perplexity | Δ vs fp32 | mean NLL | top-1 ≠ fp32 | mean KL vs fp32 | max abs Δ logit |",
+    lines = ["| model | mode | perplexity | Δ vs fp32 | mean NLL | top-1 ≠ fp32 | mean KL vs fp32 "
+             "| max abs Δ logit |",
              "|---|---|---|---|---|---|---|---|"]
     for name in names:
         ids = load_tokenizer(shipped_dir(name)).encode(text)[:args.max_tokens]
         out = out_all[name] = {"tokens": len(ids)}
-        engines, missing = load_modes(shipped_dir(name), ["fp32"] + [m for m in labels if m != "fp32"], args.threads, tmp)
+        order = ["fp32"] + [m for m in labels if m != "fp32"]
+        engines, missing = load_modes(shipped_dir(name), order, args.threads, tmp)
         bos = engines["fp32"][0].config.bos_token_id
         seqs, first = text_sequences(ids, args.ctx, args.ctx // 2, bos)
         acc = compare_modes(engines, seqs, first, args.batch_size)
         base = None
-        for mode in ["fp32"] + [m for m in labels if m != "fp32"]:
+        for mode in order:
             if mode in missing:
                 out[mode] = {"available": False, "reason": missing[mode]}
                 lines.append(f"| {name} | {mode} | n/a: {missing[mode]} | | | | | |")
@@ -215,7 +217,8 @@ def perplexity_part(names, labels, args, tmp, text) -> tuple[dict, list[str]]:
 
 def workload_part(models, labels, args, tmp) -> tuple[dict, list[str]]:
     out_all = {}
-    lines = ["| model | mode | top-1 = bf16 | mean KL vs bf16 | max KL | max abs Δ logit |", "|---|---|---|---|---|---|"]
+    lines = ["| model | mode | top-1 = bf16 | mean KL vs bf16 | max KL | max abs Δ logit |",
+             "|---|---|---|---|---|---|"]
     for model in models:
         path = default_model_dir("default") if model == "default" else shipped_dir(model)
         ids = read_inputs(default_workload(path)[0])
