@@ -8,6 +8,9 @@ GGUF files (GGUFCheckpoint, write_gguf). `open_checkpoint(path)` opens either ki
 importable from `lfm2engine.checkpoint`.
 """
 
+import os
+
+from ..errors import CheckpointError
 from .dtypes import DTYPE_TAGS, TAG_NAMES, all_finite, as_f32, bf16_to_f32, encode, f32_to_bf16
 from .editing import write_pruned_checkpoint
 from .header import TensorRef, read_header
@@ -24,6 +27,11 @@ def open_checkpoint(path, cfg=None):
         if cfg is not None:
             raise TypeError("a GGUF file carries its own config; pass no cfg")
         return GGUFCheckpoint(path)
+    if os.path.isfile(path):
+        with open(path, "rb") as f:
+            head = f.read(4)
+        raise CheckpointError(f"{os.fspath(path)}: starts with {head!r}, not b'GGUF': not a GGUF file (a safetensors "
+                              "checkpoint is a directory holding config.json and *.safetensors)")
     return Checkpoint(path, cfg)
 
 
