@@ -157,6 +157,10 @@ class Checkpoint:
     def dtype_of(self, name: str) -> str:
         return self.refs[name].dtype
 
+    def files(self) -> list[str]:
+        """The files the tensors are read from (what a replacement while loading would change)."""
+        return sorted({r.file for r in self.refs.values()})
+
     def _read(self, name: str, buf: np.ndarray) -> None:
         """Fill `buf` (a C-contiguous array) with the first buf.nbytes bytes of tensor `name`."""
         r = self.refs[name]

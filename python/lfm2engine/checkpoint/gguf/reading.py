@@ -140,6 +140,10 @@ class GGUFCheckpoint:
     def names(self):
         return self._where.keys()
 
+    def files(self) -> list[str]:
+        """The files the tensors are read from: this one."""
+        return [self.path]
+
     def dtype_of(self, name: str) -> str:
         return SUPPORTED[self.infos[self._where[name][0]].type_id]
 
