@@ -13,8 +13,8 @@ import pytest
 from gguf_util import DENSE, MOE, SMALL, expected_config, write_checkpoint
 
 from lfm2engine import quant
-from lfm2engine.checkpoint import (Checkpoint, GGUFCheckpoint, all_finite_blocks, f32_to_bf16, open_checkpoint,
-                                   write_gguf)
+from lfm2engine.checkpoint import (Checkpoint, GGUFCheckpoint, all_finite_blocks, bf16_to_f32, f32_to_bf16,
+                                   open_checkpoint, write_gguf)
 from lfm2engine.checkpoint.gguf import DTYPES, gguf_name, load_gguf_tokenizer, tensor_types
 from lfm2engine.errors import CheckpointError, ConfigError, InputError
 from lfm2engine.models import held_out_text, shipped_dir
@@ -53,8 +53,8 @@ def test_round_trip_every_dtype(sources, tmp_path, kind, dtype):
         a, want = g.raw(n), _expected(src.f32(n), t)
         assert a.dtype == want.dtype and a.shape == want.shape and a.flags.owndata, n
         assert a.tobytes() == want.tobytes(), n  # bit-identical, block arrays included
-        np.testing.assert_array_equal(g.f32(n), quant.dequantize(a) if t in quant.BY_GGML else
-                                      want.astype(np.float32) if t != "BF16" else (want.astype(np.uint32) << 16).view(np.float32))
+        as_f32 = quant.dequantize(a) if t in quant.BY_GGML else bf16_to_f32(want) if t == "BF16" else want
+        np.testing.assert_array_equal(g.f32(n), as_f32.astype(np.float32), err_msg=n)
     # what stays F32 whatever the dtype: norms, conv taps, router, expert bias
     for n in g.names():
         if n.endswith(("norm.weight", "layernorm.weight", "conv.conv.weight", "gate.weight", "expert_bias")):
@@ -73,11 +73,12 @@ def test_q4_k_m_mix_follows_llama_cpp_rule():
     t = tensor_types(cfg, "q4_k_m")
     assert t["token_embd.weight"] == "Q6_K"                       # tied: the embedding is the output head
     # use_more_bits(i, 8): i < 1, i >= 7, (i - 1) % 3 == 2 -> layers 0, 3, 6, 7
-    assert [i for i in range(8) if t.get(f"blk.{i}.ffn_down.weight", t.get(f"blk.{i}.ffn_down_exps.weight")) == "Q6_K"] \
-        == [0, 3, 6, 7]
+    down = [t.get(f"blk.{i}.ffn_down.weight", t.get(f"blk.{i}.ffn_down_exps.weight")) for i in range(8)]
+    assert [i for i in range(8) if down[i] == "Q6_K"] == [0, 3, 6, 7]
     # attn_v counted over the 3 attention layers (2, 4, 6): use_more_bits(j, 3) only for j = 2 (7 * 3 // 8 = 2)
     assert [t[f"blk.{i}.attn_v.weight"] for i in (2, 4, 6)] == ["Q4_K", "Q4_K", "Q6_K"]
-    assert {t[g] for g in t if g.endswith(("attn_q.weight", "ffn_gate_exps.weight", "shortconv.in_proj.weight"))} == {"Q4_K"}
+    rest = ("attn_q.weight", "ffn_gate_exps.weight", "shortconv.in_proj.weight")
+    assert {t[g] for g in t if g.endswith(rest)} == {"Q4_K"}
     u = tensor_types(cfg.replace(tie_word_embeddings=False), "q4_k_m")
     assert (u["token_embd.weight"], u["output.weight"]) == ("Q4_K", "Q6_K")
 
@@ -185,7 +186,8 @@ def test_tokenizer_from_gguf_metadata_matches_tokenizer_json(tmp_path):
     ref = Tokenizer(os.path.join(tiny, "tokenizer.json"))
     with open(held_out_text(), encoding="utf-8") as f:
         text = f.read(4000)
-    samples = [text, "In the beginning God created the heaven and the earth.\n\n  Amen!", "<|im_start|>user\nhi<|im_end|>",
+    samples = [text, "In the beginning God created the heaven and the earth.\n\n  Amen!",
+               "<|im_start|>user\nhi<|im_end|>",
                "naïve café — 1234567 tokens’ “quotes” \t\r\n", ""]
     for s in samples:
         ids = ref.encode(s)
@@ -221,9 +223,9 @@ def test_truncated_while_loading_is_a_checkpoint_error(sources, tmp_path):
     write_gguf(sources["moe"], str(out), "q8_0", progress=False)
     g = GGUFCheckpoint(out)
     os.truncate(out, os.path.getsize(out) - 100)
-    last = max(g.names(), key=lambda n: g._range(n)[1])
     with pytest.raises(CheckpointError, match="the file ends inside tensor"):
-        g.raw(last)
+        for n in g.names():
+            g.raw(n)
 
 
 @pytest.mark.parametrize("change, match", [

@@ -137,7 +137,8 @@ def test_missing_and_unexpected_tensors(tmp_path, valid):
 
 def test_experts_stacked_in_the_wrong_shape(tmp_path, valid):
     data = _rewrite(tmp_path, valid, reshape={"blk.2.ffn_gate_exps.weight": (1, 64, 34)})  # bytes of [1, 64, 32] q8_0
-    assert "tensor 'blk.2.ffn_gate_exps.weight' has shape [1, 64, 32], expected [2, 32, 32]" in _problems(tmp_path, data)
+    want = "tensor 'blk.2.ffn_gate_exps.weight' has shape [1, 64, 32], expected [2, 32, 32]"
+    assert want in _problems(tmp_path, data)
 
 
 @pytest.mark.parametrize("field, value", [(8, 2**62), (16, 2**40), (8, 2**64 - 1), (16, 2**64 - 1)])
@@ -157,6 +158,18 @@ def test_hostile_array_and_string_lengths(tmp_path, valid):
     bad = bytearray(valid)
     struct.pack_into("<Q", bad, j + len(b"general.architecture") + 4, 2**63)   # the value string's length
     assert "ends inside" in _problems(tmp_path, bytes(bad))
+
+
+def test_metadata_describing_a_model_beyond_the_file(tmp_path, valid):
+    def set_u32(buf, key, v):
+        i = buf.find(key.encode())
+        b = bytearray(buf)
+        struct.pack_into("<I", b, i + len(key) + 4, v)
+        return bytes(b)
+
+    bad = set_u32(set_u32(valid, "lfm2moe.block_count", 60000), "lfm2moe.expert_count", 60000)
+    bad = bad.replace(b"lfm2moe.attention.head_count_kv", b"lfm2moe.attention.head_count_kw")  # per-layer list
+    assert "the metadata describes" in _problems(tmp_path, bad)
 
 
 def test_duplicate_tensor_name(tmp_path, valid):

@@ -13,11 +13,11 @@ import os
 from ..errors import CheckpointError
 from .dtypes import DTYPE_TAGS, TAG_NAMES, all_finite, as_f32, bf16_to_f32, encode, f32_to_bf16
 from .editing import write_pruned_checkpoint
+from .gguf import GGUFCheckpoint, all_finite_blocks, is_gguf, write_gguf
 from .header import TensorRef, read_header
 from .manifest import INDEX_NAME, SINGLE_NAME, expected_tensors, manifest_size
 from .reading import Checkpoint, scan, validate
 from .writing import atomic_writer, check_writable, save_file, save_pretrained, write_safetensors
-from .gguf import GGUFCheckpoint, all_finite_blocks, is_gguf, write_gguf  # noqa: E402 (needs the above)
 
 
 def open_checkpoint(path, cfg=None):
@@ -36,7 +36,8 @@ def open_checkpoint(path, cfg=None):
 
 
 __all__ = [
-    "Checkpoint", "GGUFCheckpoint", "all_finite_blocks", "is_gguf", "open_checkpoint", "write_gguf", "DTYPE_TAGS", "INDEX_NAME", "SINGLE_NAME", "TAG_NAMES", "TensorRef", "all_finite", "as_f32",
+    "Checkpoint", "GGUFCheckpoint", "all_finite_blocks", "is_gguf", "open_checkpoint", "write_gguf",
+    "DTYPE_TAGS", "INDEX_NAME", "SINGLE_NAME", "TAG_NAMES", "TensorRef", "all_finite", "as_f32",
     "atomic_writer", "bf16_to_f32", "check_writable", "encode", "expected_tensors", "f32_to_bf16", "manifest_size",
     "read_header", "save_file", "save_pretrained", "scan", "validate", "write_pruned_checkpoint", "write_safetensors",
 ]

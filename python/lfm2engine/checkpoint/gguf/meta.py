@@ -48,7 +48,8 @@ def config_from_meta(meta: dict, tensor_shapes: dict[str, tuple[int, ...]], sour
         if isinstance(v, list):  # llama.cpp accepts a per-layer array where every layer has the same value
             vals = set(v)
             if len(vals) != 1 or not all(_is_int(x) for x in v):
-                raise ConfigError(f"{source}: {full} must be one integer (or the same for every layer), found {_short(v)}")
+                raise ConfigError(f"{source}: {full} must be one integer (or the same for every layer), "
+                                  f"found {_short(v)}")
             v = v[0]
         if not _is_int(v) or v < minimum:
             raise ConfigError(f"{source}: {full} must be an integer >= {minimum}, found {v!r}")
@@ -94,7 +95,8 @@ def config_from_meta(meta: dict, tensor_shapes: dict[str, tuple[int, ...]], sour
         toks = meta.get("tokenizer.ggml.tokens")
         vocab = len(toks) if isinstance(toks, list) and toks else (emb[0] if emb else None)
     if vocab is None:
-        raise ConfigError(f"{source}: no {key('vocab_size')}, token list or token_embd.weight to give the vocabulary size")
+        raise ConfigError(f"{source}: no {key('vocab_size')}, token list or token_embd.weight to give the "
+                          "vocabulary size")
 
     d = {
         "model_type": ARCHS[arch],

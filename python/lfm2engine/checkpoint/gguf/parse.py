@@ -161,7 +161,9 @@ def _value(field):
 
     v = field.contents()
     types = field.types
-    tname = types[0].name if types[0] != gguf.GGUFValueType.ARRAY else f"ARRAY[{types[-1].name if len(types) > 1 else ''}]"
+    tname = types[0].name
+    if types[0] == gguf.GGUFValueType.ARRAY:
+        tname = f"ARRAY[{types[-1].name if len(types) > 1 else ''}]"
     if types[0] == gguf.GGUFValueType.BOOL:
         v = bool(v)
     elif types[0] == gguf.GGUFValueType.FLOAT32:
@@ -196,7 +198,8 @@ def read_table(path: str) -> Table:
             _nl, name_data, _nd, dims, raw_type, off = fld.parts
             tensors.append(TensorInfo(str(bytes(name_data), "utf-8"), int(raw_type[0]),
                                       tuple(int(x) for x in dims.tolist()), int(off[0])))
-        version, alignment, data_offset = int(r.fields["GGUF.version"].parts[-1][0]), int(r.alignment), int(r.data_offset)
+        version = int(r.fields["GGUF.version"].parts[-1][0])
+        alignment, data_offset = int(r.alignment), int(r.data_offset)
         del r  # drops the library's memory map: tensors are read by positioned reads
     except CheckpointError:
         raise

@@ -19,7 +19,7 @@ import numpy as np
 from ... import quant
 from ...errors import CheckpointError
 from ..dtypes import DTYPE_TAGS, all_finite, as_f32, f32_to_bf16
-from ..manifest import expected_tensors
+from ..manifest import expected_tensors, manifest_size
 from ..reading import read_exact
 from .layout import gguf_name, gguf_tensors
 from .meta import config_from_meta
@@ -84,7 +84,8 @@ def check_table(table: Table, want: dict[str, tuple[int, ...]]) -> list[str]:
         nb = tensor_nbytes(t)
         start = table.data_offset + t.offset
         if start + nb > table.size:
-            problems.append(f"{where} spans bytes {start}..{start + nb} but the file has {table.size} bytes (truncated)")
+            problems.append(f"{where} spans bytes {start}..{start + nb} but the file has {table.size} bytes "
+                            "(truncated)")
         spans.append((t.offset, t.offset + nb, t.name))
     end, prev = 0, None
     for b, e, n in sorted(spans):
@@ -101,6 +102,21 @@ def check_table(table: Table, want: dict[str, tuple[int, ...]]) -> list[str]:
     for n in sorted(set(seen) - set(want)):
         problems.append(f"unexpected tensor {n!r} (not part of an LFM2 model with this metadata)")
     return problems
+
+
+# the GGUF manifest is listed only when it has at most this many tensors more than the file holds
+_LIST_SLACK = 10_000
+
+
+def _check_size(cfg, table: Table, path: str) -> None:
+    """Refuse metadata describing a model far beyond the file (65536 layers of 65536 experts) before
+    its manifest is listed: counted, not listed (checkpoint.manifest_size)."""
+    n_hf, elements = manifest_size(cfg)
+    n_moe = cfg.num_hidden_layers - cfg.num_dense_layers if cfg.is_moe else 0
+    n_gguf = n_hf - n_moe * 3 * (cfg.num_experts - 1)  # each layer's experts are 3 stacked tensors
+    if n_gguf > len(table.tensors) + _LIST_SLACK or elements // 8 > table.size:
+        raise CheckpointError(f"{path}: the metadata describes {n_gguf} tensors of {elements} weights in all; the "
+                              f"file holds {len(table.tensors)} tensors in {table.size} bytes (corrupt metadata?)")
 
 
 def _report(path: str, problems: list[str]) -> str:
@@ -126,6 +142,7 @@ class GGUFCheckpoint:
             self.meta = self.table.meta
             shapes = {t.name: t.shape for t in self.table.tensors}
             self.config = config_from_meta(self.meta, shapes, self.path)
+            _check_size(self.config, self.table, self.path)
             problems = check_table(self.table, gguf_tensors(self.config))
             if problems:
                 raise CheckpointError(_report(self.path, problems))

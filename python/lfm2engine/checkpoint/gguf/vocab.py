@@ -34,7 +34,8 @@ def tokenizer_from_meta(meta: dict, source: str):
                          "token ids")
     if pre not in _GPT2 + _LLAMA3:
         raise InputError(f"{source}: tokenizer.ggml.pre {pre!r} is not one lfm2engine knows "
-                         f"({', '.join(p for p in _GPT2 + _LLAMA3 if p)}): put the model's tokenizer.json beside the file")
+                         f"({', '.join(p for p in _GPT2 + _LLAMA3 if p)}): put the model's tokenizer.json beside "
+                         "the file")
     tokens, merges = meta.get("tokenizer.ggml.tokens"), meta.get("tokenizer.ggml.merges", [])
     types = meta.get("tokenizer.ggml.token_type") or [NORMAL] * (len(tokens) if isinstance(tokens, list) else 0)
     if not (isinstance(tokens, list) and tokens and all(isinstance(t, str) for t in tokens)
