@@ -3,6 +3,7 @@
 work, as one line on stderr with exit status 2, and leaves no file behind."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ from gguf_util import SMALL, write_checkpoint
 
 from lfm2engine import quant
 from lfm2engine.checkpoint import Checkpoint, GGUFCheckpoint
+from lfm2engine.models import shipped_dir
 from lfm2engine.quantize import main
 
 
@@ -39,6 +41,26 @@ def test_shipped_model_with_its_tokenizer(tmp_path):
     meta = GGUFCheckpoint(out).meta
     assert meta["tokenizer.ggml.model"] == "gpt2" and meta["tokenizer.ggml.pre"] == "gpt-2"
     assert len(meta["tokenizer.ggml.tokens"]) == 2048 and meta["tokenizer.ggml.tokens"][1] == "<|startoftext|>"
+
+
+def test_no_tokenizer_and_unknown_pre_tokenizer(tmp_path, capsys):
+    import json
+
+    tiny = shipped_dir("tiny")
+    out = tmp_path / "t.gguf"
+    assert main(["tiny", str(out), "--dtype", "f16", "--no-tokenizer", "--quiet"]) == 0
+    assert GGUFCheckpoint(out).meta["tokenizer.ggml.model"] == "none"
+    src = tmp_path / "src"
+    shutil.copytree(tiny, src)
+    with open(src / "tokenizer.json", encoding="utf-8") as f:
+        d = json.load(f)
+    d["pre_tokenizer"] = {"type": "Whitespace"}
+    with open(src / "tokenizer.json", "w", encoding="utf-8") as f:
+        json.dump(d, f)
+    out2 = tmp_path / "u.gguf"
+    assert main([str(src), str(out2), "--dtype", "q8_0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "has no llama.cpp name" in err and "--no-tokenizer" in err and "\n" not in err and not out2.exists()
 
 
 @pytest.mark.parametrize("args, match", [

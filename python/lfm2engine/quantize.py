@@ -5,7 +5,7 @@ written atomically in llama.cpp's names and metadata, so that both lfm2engine (-
 and llama.cpp load it. TYPE: q8_0, q4_0, q4_k, q4_k_m (llama.cpp's Q4_K_M mix), f16, bf16, f32;
 norms, conv taps, the router and the expert bias stay F32 (docs/gguf.md). The tokenizer.json of
 SRC, when there is one, goes into the file's metadata; without one the file has llama.cpp's
-"none" vocabulary (token ids only). Every refusal (unknown type, unwritable output, a width that
+"none" vocabulary (token ids only), as with --no-tokenizer. Every refusal (unknown type, unwritable output, a width that
 is not whole blocks, a bad checkpoint) comes before any work: one line on stderr, exit status 2.
 """
 
@@ -28,11 +28,14 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("out", help="the GGUF file to write (replaced atomically)")
     ap.add_argument("--dtype", required=True, help=f"one of {', '.join(DTYPES)}")
     ap.add_argument("--name", default=None, help="general.name of the file (default: the source's directory name)")
+    ap.add_argument("--no-tokenizer", action="store_true",
+                    help="write llama.cpp's 'none' vocabulary (token ids only) even when SRC has a tokenizer.json")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     return ap
 
 
-def run(src: str, out: str, dtype: str, name: str | None = None, quiet: bool = False) -> dict[str, int]:
+def run(src: str, out: str, dtype: str, name: str | None = None, quiet: bool = False,
+        tokenizer: bool = True) -> dict[str, int]:
     from .checkpoint import Checkpoint
     from .checkpoint.gguf import DTYPES, write_gguf
     from .checkpoint.writing import check_writable
@@ -47,7 +50,7 @@ def run(src: str, out: str, dtype: str, name: str | None = None, quiet: bool = F
     ckpt = Checkpoint(d)
     try:
         tj = os.path.join(d, "tokenizer.json")
-        return write_gguf(ckpt, out, dtype, tokenizer_json=tj if os.path.isfile(tj) else None,
+        return write_gguf(ckpt, out, dtype, tokenizer_json=tj if tokenizer and os.path.isfile(tj) else None,
                           progress=False if quiet else None, name=name or os.path.basename(os.path.abspath(d)))
     finally:
         ckpt.close()
@@ -56,7 +59,7 @@ def run(src: str, out: str, dtype: str, name: str | None = None, quiet: bool = F
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        counts = run(args.src, args.out, args.dtype, args.name, args.quiet)
+        counts = run(args.src, args.out, args.dtype, args.name, args.quiet, tokenizer=not args.no_tokenizer)
     except LFM2Error as e:
         print(f"lfm2engine.quantize: {type(e).__name__}: {e}", file=sys.stderr)
         return 2

@@ -80,7 +80,8 @@ def _pre_name(pre: dict | None) -> str:
             if rx == LLAMA3_SPLIT:
                 return "lfm2"
     raise InputError(f"tokenizer.json: pre-tokenizer {json.dumps(pre)[:120]} has no llama.cpp name lfm2engine "
-                     "knows (GPT-2's ByteLevel, or LFM2's / llama 3's split)")
+                     "knows (GPT-2's ByteLevel, or LFM2's / llama 3's split); --no-tokenizer writes the file "
+                     "without a vocabulary")
 
 
 def meta_from_tokenizer_json(path: str, vocab_size: int) -> dict[str, tuple[str, object]]:
