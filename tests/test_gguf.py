@@ -65,6 +65,8 @@ def test_round_trip_every_dtype(sources, tmp_path, kind, dtype):
     fp = g.fingerprint()
     assert fp == GGUFCheckpoint(out).fingerprint()
     g.close()
+    with pytest.raises(CheckpointError, match="closed"):
+        g.raw("model.embed_tokens.weight")
 
 
 def test_q4_k_m_mix_follows_llama_cpp_rule():

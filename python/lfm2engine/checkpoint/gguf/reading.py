@@ -184,10 +184,13 @@ class GGUFCheckpoint:
         else:
             q = quant.BY_GGML[tn]
             a = np.empty(shape[:-1] + (shape[-1] // q.block,), q.dtype)
+        read_exact(self._open_fd(), a, start, end, self.path, name)
+        return a
+
+    def _open_fd(self) -> int:
         if self._fd is None:
             raise CheckpointError(f"{self.path}: the checkpoint is closed")
-        read_exact(self._fd, a, start, end, self.path, name)
-        return a
+        return self._fd
 
     def f32(self, name: str) -> np.ndarray:
         a = self.raw(name)
@@ -209,7 +212,7 @@ class GGUFCheckpoint:
             h.update(f"{n}:{t.type_id}:{t.ne}:{tensor_nbytes(t)}".encode())
         start, end, _ = self._range("model.embed_tokens.weight")
         first = np.empty(min(1024, end - start), np.uint8)
-        read_exact(self._fd, first, start, end, self.path, "model.embed_tokens.weight")
+        read_exact(self._open_fd(), first, start, end, self.path, "model.embed_tokens.weight")
         h.update(first.tobytes())
         return h.hexdigest()[:16]
 
