@@ -243,3 +243,17 @@ def test_metadata_the_engine_cannot_represent(change, match):
     meta.update(change)
     with pytest.raises(ConfigError, match=match):
         config_from_meta(meta, {"blk.2.exp_probs_b.bias": (2,)}, "f.gguf")
+
+
+@pytest.mark.parametrize("change", [
+    dict(routed_scaling_factor=2.5, norm_topk_prob=False),
+    dict(use_expert_bias=False, tie_word_embeddings=False),
+    dict(bos_token_id=None, pad_token_id=None, eos_token_id=None, norm_eps=1e-6, rope_theta=1e6),
+    dict(num_dense_layers=0),
+])
+def test_config_round_trip_variants(tmp_path, change):
+    cfg = SMALL.replace(**change)
+    src = Checkpoint(write_checkpoint(cfg, tmp_path / "s"))
+    out = tmp_path / "m.gguf"
+    write_gguf(src, str(out), "q8_0", progress=False)
+    assert GGUFCheckpoint(out).config == cfg
