@@ -257,3 +257,17 @@ def test_config_round_trip_variants(tmp_path, change):
     out = tmp_path / "m.gguf"
     write_gguf(src, str(out), "q8_0", progress=False)
     assert GGUFCheckpoint(out).config == cfg
+
+
+def test_overflowing_f16_is_refused_and_nothing_written(tmp_path):
+    from lfm2engine.checkpoint import expected_tensors, save_pretrained
+    from lfm2engine.synthetic import make_tensor
+
+    t = {n: make_tensor(SMALL, n, s) for n, s in expected_tensors(SMALL).items()}
+    t["model.layers.0.conv.out_proj.weight"][3, 5] = 1e6
+    save_pretrained(SMALL, t, str(tmp_path / "s"))
+    out = tmp_path / "m.gguf"
+    msg = r"blk.0.shortconv.out_proj.weight .* overflows F16 \(largest \|weight\| 1e\+06\)"
+    with pytest.raises(InputError, match=msg):
+        write_gguf(Checkpoint(str(tmp_path / "s")), str(out), "f16", progress=False)
+    assert not out.exists() and not [p for p in os.listdir(tmp_path) if p.startswith(".tmp")]

@@ -20,6 +20,7 @@ from ..dtypes import f32_to_bf16
 from ..writing import atomic_writer, check_writable
 from .layout import ARCH_OF, block_index, gguf_name, gguf_tensors, keeps_f32
 from .meta import meta_from_config
+from .reading import all_finite_blocks
 from .vocab import meta_from_tokenizer_json
 
 DTYPES = ("q8_0", "q4_0", "q4_k", "q4_k_m", "f16", "bf16", "f32")
@@ -162,7 +163,12 @@ def write_gguf(src, out: str, dtype: str, tokenizer_json: str | None = None, pro
                     a = parts[0] if len(parts) == 1 else np.stack(parts)
                 else:
                     parts = [src.f32(n) for n in hf]
-                    a = _encode(parts[0] if len(parts) == 1 else np.stack(parts), t)
+                    x = parts[0] if len(parts) == 1 else np.stack(parts)
+                    a = _encode(x, t)
+                    if t != "F32" and not all_finite_blocks(a) and np.isfinite(x).all():
+                        what = ", ".join(hf[:2]) + (" ..." if len(hf) > 2 else "")
+                        raise InputError(f"--dtype {dtype}: tensor {g} ({what}) overflows {t} "
+                                         f"(largest |weight| {float(np.abs(x).max()):.4g})")
                 a = a.reshape(a.shape[:1] + a.shape[2:]) if hf[0].endswith("conv.conv.weight") else a
                 w.write_tensor_data(a)
                 counts[t] = counts.get(t, 0) + 1
