@@ -23,6 +23,13 @@ class Tokenizer:
         except Exception as e:  # the tokenizers library raises plain Exceptions
             raise InputError(f"{path}: cannot load tokenizer ({e})") from None
 
+    @classmethod
+    def from_object(cls, tok) -> "Tokenizer":
+        """Wrap a `tokenizers.Tokenizer` built in memory (e.g. from a GGUF file's metadata)."""
+        self = cls.__new__(cls)
+        self.tok = tok
+        return self
+
     def encode(self, text: str, add_bos: int | None = None) -> list[int]:
         ids = self.tok.encode(text, add_special_tokens=False).ids
         return ([add_bos] if add_bos is not None else []) + ids
