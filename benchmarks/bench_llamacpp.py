@@ -37,7 +37,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import SETTLE, print_table, write_json  # noqa: E402
+from common import alternating, print_table, write_json  # noqa: E402
 
 _CONVERT_NONE_VOCAB = """
 import sys
@@ -156,14 +156,9 @@ def main(argv=None):
     engines = {dt: Engine.from_pretrained(model, dtype=dt) for dt in cases}
     vocab = engines["float32"].config.vocab_size
 
-    runs = {(dt, who): [] for dt in cases for who in ("ours", "llama.cpp")}
-    for r in range(a.rounds):
-        print(f"[bench] round {r + 1}/{a.rounds}", file=sys.stderr)
-        for dt in cases:
-            time.sleep(SETTLE)
-            runs[(dt, "ours")].append(ours(engines[dt], prompts, a.gen, vocab))
-            time.sleep(SETTLE)
-            runs[(dt, "llama.cpp")].append(llama_bench(exe, ggufs[dt], a.threads, prompts, a.gen))
+    runs = alternating({(dt, who): (lambda dt=dt, who=who: ours(engines[dt], prompts, a.gen, vocab) if who == "ours"
+                                    else llama_bench(exe, ggufs[dt], a.threads, prompts, a.gen))
+                        for dt in cases for who in ("ours", "llama.cpp")}, a.rounds, reverse=False)
 
     rows = []
     for dt in cases:

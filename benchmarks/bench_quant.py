@@ -39,7 +39,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_llamacpp import convert, llama_bench, ours, quantize_gguf  # noqa: E402
-from common import SETTLE, bandwidth_roofs, flops_roof, print_table, set_blas_threads, write_json  # noqa: E402
+from common import alternating, bandwidth_roofs, flops_roof, print_table, set_blas_threads, write_json  # noqa: E402
 
 # our name -> llama-quantize's name
 TYPES = {"q8_0": "Q8_0", "q4_0": "Q4_0", "q4_k_m": "Q4_K_M"}
@@ -52,7 +52,9 @@ MODES = ("exact", "fast")
 def weight_profile(path: str) -> dict:
     """What one batch-1 token reads from a GGUF file: bytes and weight elements of every tensor
     except the experts, of which k/E (top-k of E, both from the file's metadata); the token
-    embedding counts whole when it is also the head (no output.weight), one row otherwise."""
+    embedding counts whole when it is also the head (no output.weight), one row otherwise.
+    (bench_model.active_weight_bytes counts the same from a config at one dtype; a Q4_K_M file
+    mixes types per tensor, so here the bytes are the file's own.)"""
     from gguf import GGUFReader
 
     r = GGUFReader(path)
@@ -105,6 +107,12 @@ def run_ours(path: str, mode: str, threads: int, prompt: int, gen: int, reps: in
         print(f"[bench] ours ({mode}) on {os.path.basename(path)} failed: {msg}", file=sys.stderr)
         return {"error": msg}
     return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def llama_cpp(exe: str, path: str, a) -> dict:
+    """One llama-bench process on a file: 1 + reps runs of pp and of tg, no warm-up (cold first)."""
+    got = llama_bench(exe, path, a.threads, [a.prompt], a.gen, reps=1 + a.reps, warmup=False)
+    return {"pp": got[("pp", a.prompt)], "tg": got[("tg", a.gen)]}
 
 
 def worker(a) -> None:
@@ -206,19 +214,10 @@ def main(argv=None):
     roof_before = bandwidth_roofs()
     sgemm = flops_roof()
 
-    runs = {(t, who): [] for t in types for who in (*modes, "llama.cpp")}
     t_start = time.perf_counter()
-    for r in range(a.rounds):
-        print(f"[bench] round {r + 1}/{a.rounds} ({time.perf_counter() - t_start:.0f} s)", file=sys.stderr)
-        for t in types:
-            order = [*modes, "llama.cpp"]
-            for who in (order if r % 2 == 0 else order[::-1]):
-                time.sleep(SETTLE)
-                if who == "llama.cpp":
-                    got = llama_bench(exe, files[t], a.threads, [a.prompt], a.gen, reps=1 + a.reps, warmup=False)
-                    runs[(t, who)].append({"pp": got[("pp", a.prompt)], "tg": got[("tg", a.gen)]})
-                else:
-                    runs[(t, who)].append(run_ours(files[t], who, a.threads, a.prompt, a.gen, a.reps))
+    runs = alternating({(t, who): (lambda t=t, who=who: llama_cpp(exe, files[t], a) if who == "llama.cpp"
+                                   else run_ours(files[t], who, a.threads, a.prompt, a.gen, a.reps))
+                        for t in types for who in (*modes, "llama.cpp")}, a.rounds)
     roof_after = bandwidth_roofs()
     dram = min(roof_before["dram"], roof_after["dram"])
 

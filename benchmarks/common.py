@@ -64,6 +64,20 @@ def paired(fns: dict, repeat: int = 7, warmup: int = 1, min_time: float = 0.0, s
             for k, v in times.items()}
 
 
+def alternating(cases: dict, rounds: int, settle: float = SETTLE, reverse: bool = True) -> dict:
+    """Run every case (a callable returning its own measurements) once per round, each after
+    `settle` seconds of sleep, in the dict's order, reversed every other round when `reverse`, so
+    that load changes on a shared machine hit all of them alike. {name: [result of each round]}."""
+    out = {k: [] for k in cases}
+    names = list(cases)
+    for r in range(rounds):
+        print(f"[bench] round {r + 1}/{rounds}", file=sys.stderr, flush=True)
+        for k in (names[::-1] if reverse and r % 2 else names):
+            time.sleep(settle)
+            out[k].append(cases[k]())
+    return out
+
+
 def bandwidth_roof(mb: int = 512, repeat: int = 5) -> float:
     """Sustained read+write bandwidth in GB/s: triad a = b + s*c (3 arrays streamed)."""
     n = mb * 2**20 // 4
