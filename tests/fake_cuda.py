@@ -12,8 +12,12 @@ from __future__ import annotations
 import numpy as np
 
 from lfm2engine.backends import get_backend
+from lfm2engine.quant import QTYPES
 
-_DT = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16, "int32": np.int32, "uint8": np.uint8}
+# dtype names as _core.cuda.Tensor spells them; block types are lfm2engine.quant's block dtypes and keep
+# NumPy's block shape [..., K / block], as the real Tensor does
+_DT = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16, "int32": np.int32, "uint8": np.uint8,
+       **{name: q.dtype for name, q in QTYPES.items()}}
 _NAME = {np.dtype(v): k for k, v in _DT.items()}
 _capture: list | None = None  # the recording of the graph being captured
 
@@ -30,11 +34,11 @@ class Tensor:
 
     @staticmethod
     def empty(shape, dtype="float32"):
-        return Tensor(np.empty(shape, _DT[dtype]))
+        return Tensor(np.empty(shape, _dtype(dtype)))
 
     @staticmethod
     def zeros(shape, dtype="float32"):
-        return Tensor(np.zeros(shape, _DT[dtype]))
+        return Tensor(np.zeros(shape, _dtype(dtype)))
 
     def to_numpy(self):
         if _capture is not None:
@@ -76,6 +80,11 @@ class Tensor:
     @property
     def dtype(self):
         return _NAME[self.a.dtype]
+
+
+def _dtype(d) -> np.dtype:
+    """A dtype argument of Tensor.empty / zeros: a name of _DT or a NumPy dtype (as the real binding)."""
+    return np.dtype(_DT[d]) if isinstance(d, str) and d in _DT else np.dtype(d)
 
 
 class Graph:
