@@ -13,7 +13,6 @@ by its float32 values (quant.dequantize): the exact numerics mode's reference.
 from __future__ import annotations
 
 import numpy as np
-
 from lfm2engine import Engine, quant
 from lfm2engine.backends import get_backend
 from lfm2engine.weights import Weights
@@ -48,7 +47,9 @@ def dequantized(w: Weights) -> Weights:
 
 def uploaded(w: Weights, backend) -> Weights:
     """w (host arrays) with every array handed to `backend.upload`."""
-    up = lambda a: None if a is None else backend.upload(a)  # noqa: E731
+    def up(a):
+        return None if a is None else backend.upload(a)
+
     layers = []
     for lw in w.layers:
         c = lw.copy()

@@ -235,7 +235,7 @@ def q_shapes(qtype):
 
 @pytest.mark.parametrize("qtype", QTYPES)
 def test_tensor_block_arrays(qtype, rng):
-    q = qweight(rng, 5, 512, qtype)
+    q = qweight(rng, 5, 1024, qtype)
     raw = rng.integers(0, 256, q.nbytes, dtype=np.uint8).view(q.dtype).reshape(q.shape)  # any bits, NaN scales too
     for a in (q, raw):
         t = dev(a)
