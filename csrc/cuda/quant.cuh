@@ -9,7 +9,7 @@
 // (e · estride + n · ld) / block · bytes, all in weights (multiples of the block).
 // Alignment: blocks are 2-byte aligned (q8_0 34, q4_0 18, q6_k 210 bytes) and read with 16-bit
 // loads; q4_k blocks (144 bytes) are 16-byte aligned when the tensor is (cuda::Tensor storage
-// always is, launchers check) and their codes are read with one 8-byte load.
+// always is, launchers check) and their 8 codes per call are read with one 8-byte load.
 #pragma once
 
 #include <cstdint>
@@ -91,17 +91,9 @@ template <>
 __device__ __forceinline__ void qload8<DType::Q4_K>(const uint8_t* __restrict__ row, int64_t k, float (&o)[8]) {
     const uint8_t* blk = row + (k >> 8) * 144;
     const int r = int(k & 255), j = r >> 5, l = r & 31;
-    const uint2 d2 = __ldg(reinterpret_cast<const uint2*>(blk));  // d, dmin, scales[0..3]
-    const uint2 s1 = __ldg(reinterpret_cast<const uint2*>(blk + 8));  // scales[4..11]
-    uint8_t s[12];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) s[i] = uint8_t(byte_of(d2, 4 + i));
-#pragma unroll
-    for (int i = 0; i < 8; ++i) s[4 + i] = uint8_t(byte_of(s1, i));
     int sc, m;
-    k4_scale_min(s, j, sc, m);
-    const float d = __half2float(__ushort_as_half(static_cast<unsigned short>(d2.x & 0xFFFFu)));
-    const float dmin = __half2float(__ushort_as_half(static_cast<unsigned short>(d2.x >> 16)));
+    k4_scale_min(blk + 4, j, sc, m);  // core/quant.h's unpacking, on the block's scale bytes (cached loads)
+    const float d = ld_f16(blk), dmin = ld_f16(blk + 2);
     const float ds = __fmul_rn(d, float(sc)), dm = __fmul_rn(dmin, float(m));
     const uint2 q = __ldg(reinterpret_cast<const uint2*>(blk + 16 + 32 * (j >> 1) + l));
     const int shift = 4 * (j & 1);
