@@ -93,7 +93,7 @@ class Tensor:
 def _dtype(d, shape) -> np.dtype:
     """A dtype argument of Tensor.empty / zeros: a name of _DT or a NumPy dtype (as the real binding)."""
     dt = np.dtype(_DT[d]) if isinstance(d, str) and d in _DT else np.dtype(d)
-    if dt.names is not None and np.ndim(np.empty(shape, np.uint8)) == 0:
+    if dt.names is not None and isinstance(shape, (tuple, list)) and len(shape) == 0:
         raise ValueError(f"cuda.Tensor: a {_NAME.get(dt, dt)} tensor needs at least one dimension")
     return dt
 
