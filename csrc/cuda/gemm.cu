@@ -2,8 +2,9 @@
 // op, then picks a kernel kind by weight dtype and shape (gemm.cuh): f16 weights always take the
 // Tensor Core kinds (fp16-rounded activations, fp32 accumulation); f32 / bf16 the CUDA-core kinds;
 // block-quantized weights (q8_0, q4_0, q4_k, q6_k) the quantized CUDA-core kinds (dequantized in
-// the kernel, fp32 activations and accumulation: gemm_quant.cu). Few rows (decode) -> skinny kinds that stream the weights once at memory bandwidth; many rows
-// -> shared-memory tiled kinds, 128-wide tiles when they still fill the GPU twice over.
+// the kernel, fp32 activations and accumulation: gemm_quant.cu). Few rows (decode) -> skinny
+// kinds that stream the weights once at memory bandwidth; many rows -> shared-memory tiled kinds,
+// 128-wide tiles when they still fill the GPU twice over.
 #include <algorithm>
 
 #include "gemm.cuh"

@@ -126,9 +126,9 @@ void check_gemm(int T, int N, int K, int E, bool sched, bool misalign, std::mt19
         if (kind == 0 && !vec) host_launch(gs, 128, [&] { qgemm::gemm_q_skinny<QT, 4, false>(p); });
         if (kind == 1 && vec) host_launch(gs, 128, [&] { qgemm::gemm_q_skinny<QT, kQRows, true>(p); });
         if (kind == 1 && !vec) host_launch(gs, 128, [&] { qgemm::gemm_q_skinny<QT, kQRows, false>(p); });
-        if (kind == 2) host_launch(dim3(unsigned((N + 63) / 64), unsigned(gy)), 256, [&] { qgemm::gemm_q_tiled<QT, 64, 64>(p); });
-        if (kind == 3)
-            host_launch(dim3(unsigned((N + 127) / 128), unsigned(gy)), 256, [&] { qgemm::gemm_q_tiled<QT, 128, 128>(p); });
+        const dim3 g64(unsigned((N + 63) / 64), unsigned(gy)), g128(unsigned((N + 127) / 128), unsigned(gy));
+        if (kind == 2) host_launch(g64, 256, [&] { qgemm::gemm_q_tiled<QT, 64, 64>(p); });
+        if (kind == 3) host_launch(g128, 256, [&] { qgemm::gemm_q_tiled<QT, 128, 128>(p); });
         int bad = 0;
         for (int r = 0; r < T; ++r)
             for (int n = 0; n < N; ++n) {
