@@ -9,7 +9,10 @@ the same fp16-rounded activations (fp32 tolerances), and with unrounded activati
 one f16 rounding per term predicts (F16_ACTIVATIONS). Outputs start as NaN, so a call that writes
 nothing cannot pass on a previous result. Exact ops (embedding, kv_write, shortconv, argmax,
 convert, route ids) are compared bit for bit. Device-side index errors surface as IndexError at
-the next synchronization. Skipped only where no GPU exists.
+the next synchronization. Block-quantized weights (q8_0, q4_0, q4_k, q6_k) are compared with the
+CPU op on the same block arrays (the fp32 product with their dequantized values) at fp32
+tolerances; their kernels' code is also checked on the CPU by test_cuda_kernels_host.py.
+Skipped only where no GPU exists.
 """
 
 from __future__ import annotations
