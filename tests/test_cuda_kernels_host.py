@@ -36,9 +36,9 @@ def test_quantized_cuda_kernels_on_the_host(tmp_path):
     build = subprocess.run([compiler(), "-std=c++20", "-O1", "-ffp-contract=off", "-Wno-unknown-pragmas", "-pthread",
                             "-I", str(tmp_path), "-I", os.path.join(ROOT, "csrc"),
                             os.path.join(HOST, "check_kernels.cpp"), "-o", exe],
-                           capture_output=True, text=True, timeout=600)
+                           capture_output=True, text=True, timeout=600, check=False)
     assert build.returncode == 0, build.stderr[-4000:]
-    run = subprocess.run([exe], capture_output=True, text=True, timeout=600)
+    run = subprocess.run([exe], capture_output=True, text=True, timeout=600, check=False)
     lines = run.stdout.splitlines()
     failed = [ln for ln in lines if ln.endswith("FAIL")]
     assert run.returncode == 0 and not failed and lines[-1] == "failures: 0", "\n".join(failed) or run.stdout[-3000:]
