@@ -83,6 +83,18 @@ def enable_bf16_dot(dtype: str, device: str) -> None:
                          f"{', '.join(_core.cpu_features())})") from None
 
 
+def numerics() -> str:
+    """The numerics modes of the compiled ops that change results (every MPI rank must agree on
+    them, parallel.check_same_model): the SIMD path, the bf16 dot mode and, where the core has
+    it, the quantized-activation dot mode of the block types (LFM2_QUANT_DOT)."""
+    from . import _core
+
+    out = f"simd {_core.simd_level()}, bf16 dot {'on' if _core.bf16_dot() else 'off'}"
+    if hasattr(_core, "quant_dot"):
+        out += f", quant dot {'on' if _core.quant_dot() else 'off'}"
+    return out
+
+
 class Prompt(NamedTuple):
     """A resolved prompt: its token ids, and the tokenizer that made them (None for --prompt-ids),
     for decoding the continuation back to text."""

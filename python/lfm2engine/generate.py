@@ -21,6 +21,7 @@ import numpy as np
 from . import log
 from .checkpoint import check_writable
 from .cli import at_least, enable_bf16_dot, resolve_prompt
+from .cli import numerics as cli_numerics
 from .errors import InputError
 from .models import SHIPPED, model_dir
 from .parallel import ParallelPlan, agree, check_same_model, run_guarded
@@ -200,11 +201,9 @@ def load_engine(args, comm, model_dir, inputs: dict | None = None):
 
     plan = agree(comm, lambda: ParallelPlan(args.plan, comm.Get_size(), comm.Get_rank()))  # before loading
     threads = args.threads or default_threads(node_local(comm)[1])  # cores shared by this node's ranks
-    from . import _core
-
     # every agree() below runs on every rank whatever its arguments: collectives must pair up
     agree(comm, lambda: enable_bf16_dot(args.dtype, args.device) if args.bf16_dot else None)
-    numerics = f"simd {_core.simd_level()}, bf16 dot {'on' if _core.bf16_dot() else 'off'}"
+    numerics = cli_numerics()
     t0 = time.perf_counter()
     eng = agree(comm, lambda: Engine.from_pretrained(model_dir, dtype=args.dtype, device=args.device,
                                                      num_threads=threads,
