@@ -3,7 +3,7 @@
 `parse_list` reads a comma-separated list of integers or numbers ("1,2,4", with ranges "1-8"),
 optionally bounded, and raises InputError messages that name the flag. `resolve_prompt` turns
 `--prompt TEXT` (through the checkpoint's tokenizer.json, BOS prepended) or `--prompt-ids 1,2,3`
-into token ids. `enable_bf16_dot` checks and applies --bf16-dot. Used by `lfm2engine.generate`,
+into token ids. `add_dtype_flag` is the one --dtype; `enable_bf16_dot` checks and applies --bf16-dot. Used by `lfm2engine.generate`,
 `lfm2engine.specdecode` and `lfm2engine.perplexity`.
 """
 
@@ -66,6 +66,19 @@ def _bounds(low, high) -> str:
     if low is None:
         return f"< {high:g}"
     return f"in [{low:g}, {high:g})"
+
+
+DTYPE_HELP = ("weight storage type; compute is fp32. float32 (the default for a checkpoint directory: exact), "
+              "bfloat16, float16; q8_0, q4_0, q4_k: block-quantized on load (GGUF's layouts; rows must split into "
+              "whole blocks of 32 / 256 weights); auto: every tensor as stored (the default for a GGUF file, which "
+              "loads as auto or float32 = dequantized, never re-quantized)")
+
+
+def add_dtype_flag(ap) -> None:
+    """--dtype of every command line: weights.DTYPES, default None (float32, or auto for a GGUF file)."""
+    from .weights import DTYPES
+
+    ap.add_argument("--dtype", default=None, choices=DTYPES, help=DTYPE_HELP)
 
 
 def enable_bf16_dot(dtype: str, device: str) -> None:

@@ -68,6 +68,13 @@ def open_checkpoint(path):
     return _open(path)
 
 
+def read_config(path) -> LFM2Config:
+    """The config of a model without loading any weight: a checkpoint directory's config.json (or a
+    shipped model's), a GGUF file's metadata."""
+    p = resolve_name(path)
+    return open_checkpoint(p).config if os.path.isfile(p) else LFM2Config.from_hf(p)
+
+
 def _file_ids(ck) -> dict:
     """(device, inode, size, mtime) of each file of a checkpoint: what a replacement or truncation changes."""
     out = {}

@@ -13,6 +13,7 @@ import signal
 import socket
 import threading
 
+from ..models import side_dir
 from ..parallel.comm import SelfComm
 from ..parallel.plan import ParallelPlan
 from ..tokenizer import load_tokenizer
@@ -36,7 +37,7 @@ class Server:
         self.scheduler = Scheduler(executor, max_queue=max_queue, step_tokens=step_tokens, metrics=self.metrics)
         name = model_name or os.path.basename(os.path.normpath(model_dir))
         self.state = ServerState(engine.config, name, self.scheduler, self.metrics, load_tokenizer(model_dir),
-                                 ChatTemplate.from_model_dir(model_dir), max_body_bytes)
+                                 ChatTemplate.from_model_dir(side_dir(model_dir)), max_body_bytes)
         self.app = create_app(self.state)
         self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
