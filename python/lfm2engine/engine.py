@@ -18,7 +18,6 @@ import os
 
 import numpy as np
 
-from . import quant
 from .backends import Backend, get_backend
 from .checkpoint import Checkpoint, all_finite
 from .config import LFM2Config
@@ -235,7 +234,7 @@ class Engine:
 
     def dense_ffn(self, i: int, h):
         lw, ops, b = self.w.layers[i], self.ops, self.backend
-        t_, f = h.shape[0], quant.logical_shape(lw.w2)[1]
+        t_, f = h.shape[0], self.config.ffn_dim
         gu = b.empty((t_, 2 * f))
         ops.gemm(gu, h, lw.w13)  # [T, 2F] = gate | up
         a = b.empty((t_, f))

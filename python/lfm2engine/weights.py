@@ -258,9 +258,9 @@ class Weights:
                 w13 = [fused([f"{f}experts.{e}.w1.weight", f"{f}experts.{e}.w3.weight"],
                              f"layer {i} expert {e}'s gate (w1) and up (w3) projections") for e in e_]
                 w2 = [host(f"{f}experts.{e}.w2.weight") for e in e_]
+                types.add(storage_type(w2[0]))
                 lw.ew13 = up(_stack(ck, w13, f"{f}experts.*.w1|w3"))  # [E, 2Fe, D]
                 lw.ew2 = up(_stack(ck, w2, f"{f}experts.*.w2.weight"))  # [E, D, Fe]
-                types.add(storage_type(lw.ew2))
             else:
                 lw.w13 = up(fused([f + "w1.weight", f + "w3.weight"], f"layer {i}'s gate (w1) and up (w3) projections"))
                 lw.w2 = proj(f + "w2.weight")  # [2F, D], [D, F]
