@@ -338,3 +338,11 @@ def test_quantized_weights_are_frozen_with_the_fused_model(qckpt):
     with pytest.raises(InputError, match="cannot replace layer weight 'wv'"):
         lw.wv = lw.wv.copy()
     assert not lw.wv.flags.writeable
+
+
+def test_auto_on_a_safetensors_checkpoint_keeps_the_stored_dtype(hf_ckpt):
+    path = hf_ckpt("moe_a", "bfloat16")
+    auto, bf16 = Engine.from_pretrained(path, dtype="auto"), Engine.from_pretrained(path, dtype="bfloat16")
+    assert auto.w.types == ("bfloat16",) and auto.w.digest == bf16.w.digest
+    assert Engine.from_pretrained(path).dtype == "float32"  # the default for a checkpoint directory
+    np.testing.assert_array_equal(auto.logits([[1, 2, 3]]), bf16.logits([[1, 2, 3]]))
