@@ -67,6 +67,12 @@ def open_checkpoint(path):
     return _open(path)
 
 
+def default_dtype(path) -> str:
+    """The dtype a model loads with when none is asked: float32 for a checkpoint directory (or a
+    shipped model), auto (every tensor as stored) for a file (GGUF)."""
+    return "auto" if os.path.isfile(resolve_name(path)) else "float32"
+
+
 def read_config(path) -> LFM2Config:
     """The config of a model without loading any weight: a checkpoint directory's config.json (or a
     shipped model's), a GGUF file's metadata."""

@@ -117,14 +117,21 @@ def check_args(args, rank: int) -> None:
 
 
 def resolve_model(args, comm) -> str:
-    """The checkpoint directory; the built-in synthetic one is written by rank 0 on first use
-    (agree() is the barrier before the other ranks read it)."""
-    if args.model:
-        return agree(comm, lambda: model_dir(args.model, "--model"))  # a directory, or a shipped model's name
-    from .synthetic import default_model_dir
+    """The checkpoint directory or GGUF file; the built-in synthetic one is written by rank 0 on
+    first use (agree() is the barrier before the other ranks read it). Also resolves the default
+    --dtype (float32, or auto for a GGUF file), which the ranks then compare."""
+    from .engine import default_dtype
 
-    first = comm.Get_rank() == 0
-    return agree(comm, lambda: default_model_dir(args.config, create=first, verbose=first and not args.quiet))
+    if args.model:
+        path = agree(comm, lambda: model_dir(args.model, "--model"))  # a directory, a file, or a shipped model
+    else:
+        from .synthetic import default_model_dir
+
+        first = comm.Get_rank() == 0
+        path = agree(comm, lambda: default_model_dir(args.config, create=first, verbose=first and not args.quiet))
+    if args.dtype is None:
+        args.dtype = default_dtype(path)
+    return path
 
 
 class Job:
