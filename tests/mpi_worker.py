@@ -1,7 +1,8 @@
 """MPI test worker: started by tests/test_mpi.py under `mpirun -np R`, one job per group of checks.
 
 Modes (rank 0 prints one JSON line on stdout where there is a result):
-  invariance CKPT...  (CKPT or CKPT@DTYPE: loaded with that --dtype, e.g. q4_0) every plan at this world size vs the single-rank engine (tokens, logits),
+  invariance CKPT...  (CKPT or CKPT@DTYPE: loaded with that --dtype, e.g. q4_0) every plan at this
+                      world size vs the single-rank engine (tokens, logits),
                       with uneven request splits, n < R, sequences that stop at different steps;
                       then the tagged check below
   tagged              all-to-all dispatch/combine routing checked exactly with tagged payloads
@@ -103,7 +104,8 @@ def invariance(comm, ckpts, new_tokens: int = 8) -> list[dict]:
         base_eos = copy.copy(base)
         base_eos.config = cfg.replace(eos_token_id=ref[0][2])
         ref_eos = base_eos.generate(prompts, new_tokens, stop_at_eos=True)
-        out = {"ckpt": os.path.basename(path), "dtype": base.dtype, "E": cfg.num_experts, "Fe": cfg.moe_intermediate_size,
+        out = {"ckpt": os.path.basename(path), "dtype": base.dtype, "E": cfg.num_experts,
+               "Fe": cfg.moe_intermediate_size,
                "R": size, "ref": ref, "ref_few": ref_few, "ref_eos": ref_eos, "plans": {}}
         full_bytes = executors.expert_bytes(base)
         for kind in KINDS:

@@ -78,6 +78,9 @@ class TypedCheckpoint:
     def names(self):
         return self.ck.names()
 
+    def files(self):
+        return self.ck.files()
+
     def fingerprint(self):
         return "typed-" + self.ck.fingerprint()
 
@@ -280,8 +283,8 @@ def test_non_finite_block_scales_are_refused_naming_the_tensor(qckpt):
             a["d"][3, 0] = np.float16(np.nan)
         return a
 
-    with pytest.raises(CheckpointError, match=rf"tensor '{name}' holds 256 non-finite value\(s\) \(NaN/Inf\), the first "
-                                              r"at index \[3, 0\]"):
+    with pytest.raises(CheckpointError, match=rf"tensor '{name}' holds 256 non-finite value\(s\) \(NaN/Inf\), the "
+                                              r"first at index \[3, 0\]"):
         Engine.from_checkpoint(TypedCheckpoint(qckpt, mixed, tamper))
     dmin = "model.layers.0.conv.in_proj.weight"
 

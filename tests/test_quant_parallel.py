@@ -67,9 +67,9 @@ def test_tp_refuses_slices_that_cut_a_block(tmp_path):
                  moe_intermediate_size=256)  # q4_k blocks of 256; Fe / 4 = 64
     eng = Engine.from_pretrained(mpi_worker.make_awkward_checkpoint(str(tmp_path), sizes=sizes), dtype="q4_k",
                                  device=mpi_worker.device())
-    with pytest.raises(ParallelError, match=r"plan tp: layer 1's experts are q4_k: their down projection \(w2, K = Fe = "
-                                            r"256\) is cut into 4 slices of 64, 64, 64, 64 weights, which do not fall on "
-                                            r"q4_k's 256-weight blocks \(Fe / 4 must be a multiple of 256\); hint: use "
-                                            r"--plan ep or dp"):
+    with pytest.raises(ParallelError, match=r"plan tp: layer 1's experts are q4_k: their down projection \(w2, K = "
+                                            r"Fe = 256\) is cut into 4 slices of 64, 64, 64, 64 weights, which do not "
+                                            r"fall on q4_k's 256-weight blocks \(Fe / 4 must be a multiple of 256\); "
+                                            r"hint: use --plan ep or dp"):
         simulate.simulate_logits(eng, "tp", 1, [[1, 2, 3]])
     assert simulate.simulate_logits(eng, "ep", 2, [[1, 2, 3]]).shape == (1, 61)

@@ -3,7 +3,8 @@
 `parse_list` reads a comma-separated list of integers or numbers ("1,2,4", with ranges "1-8"),
 optionally bounded, and raises InputError messages that name the flag. `resolve_prompt` turns
 `--prompt TEXT` (through the checkpoint's tokenizer.json, BOS prepended) or `--prompt-ids 1,2,3`
-into token ids. `add_dtype_flag` is the one --dtype; `enable_bf16_dot` checks and applies --bf16-dot. Used by `lfm2engine.generate`,
+into token ids. `add_dtype_flag` is the one --dtype; `enable_bf16_dot` checks and applies --bf16-dot.
+Used by `lfm2engine.generate`,
 `lfm2engine.specdecode` and `lfm2engine.perplexity`.
 """
 

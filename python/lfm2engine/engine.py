@@ -19,7 +19,7 @@ import os
 import numpy as np
 
 from .backends import Backend, get_backend
-from .checkpoint import Checkpoint, all_finite
+from .checkpoint import all_finite, open_checkpoint
 from .config import LFM2Config
 from .errors import BackendError, CheckpointError, InputError, NumericsError
 from .models import resolve_name
@@ -58,15 +58,6 @@ def check_prompts(cfg: LFM2Config, batch, max_new_tokens: int = 0) -> list[np.nd
     return out
 
 
-def open_checkpoint(path):
-    """The checkpoint at `path`: a safetensors directory (or a shipped model's name) or a GGUF file."""
-    try:  # the GGUF reader's entry point (checkpoint/gguf*), which also opens safetensors directories
-        from .checkpoint import open_checkpoint as _open
-    except ImportError:  # pragma: no cover - until the GGUF reader is merged
-        return Checkpoint(path)
-    return _open(path)
-
-
 def default_dtype(path) -> str:
     """The dtype a model loads with when none is asked: float32 for a checkpoint directory (or a
     shipped model), auto (every tensor as stored) for a file (GGUF)."""
@@ -83,8 +74,7 @@ def read_config(path) -> LFM2Config:
 def _file_ids(ck) -> dict:
     """(device, inode, size, mtime) of each file of a checkpoint: what a replacement or truncation changes."""
     out = {}
-    files = {r.file for r in ck.refs.values()} if isinstance(ck, Checkpoint) else {ck.path}
-    for f in sorted(files):
+    for f in ck.files():
         try:
             st = os.stat(f)
             out[f] = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
@@ -126,7 +116,7 @@ class Engine:
     def from_checkpoint(cls, ck, dtype: str | None = None, device: Backend | str = "cpu",
                         num_threads: int | None = None, verbose: bool = False) -> "Engine":
         """An engine on the weights of an open checkpoint (checkpoint.Checkpoint or a reader with its
-        interface: config, path, dtype_of, raw, f32, bf16, names, fingerprint)."""
+        interface: config, path, dtype_of, raw, f32, bf16, names, files, fingerprint)."""
         if dtype is None:
             dtype = "auto" if stores_own_types(ck) else "float32"
         check_dtype(ck, dtype)  # unknown names, re-quantizing a GGUF file, widths not in whole blocks

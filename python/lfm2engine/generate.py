@@ -215,7 +215,8 @@ def load_engine(args, comm, model_dir, inputs: dict | None = None):
                                                      num_threads=threads,
                                                      verbose=not args.quiet and comm.Get_rank() == 0))
     log.info(f"loaded {model_dir} ({eng.config.model_type}, {eng.config.num_hidden_layers} layers, "
-             f"dtype {eng.dtype_description}) in {time.perf_counter() - t0:.2f} s; {comm.Get_size()} rank(s) × {threads} threads")
+             f"dtype {eng.dtype_description}) in {time.perf_counter() - t0:.2f} s; {comm.Get_size()} rank(s) × "
+             f"{threads} threads")
     check_same_model(comm, eng.config.fingerprint(), eng.fingerprint, args.plan, numerics, inputs)
     eng.parallel_plan = plan
     if args.plan != "dp":  # also on 1 rank: tp's canonical slice sums give the same bits at 1, 2 and 4 ranks

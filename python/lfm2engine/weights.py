@@ -4,7 +4,7 @@ One builder for every backend: each tensor (or fused stack) is prepared on the h
 storage type, then handed to `backend.upload` (no copy on host backends; one upload per tensor
 on the GPU, so at most one layer's expert stack is held twice at a time).
 Every tensor is checked for NaN/Inf in the storage type as it is loaded (`finite`; about
-10 GB/s, see checkpoint.all_finite; for a block-quantized array the f16 scales are checked).
+10 GB/s, see checkpoint.all_finite; for a block-quantized array its f16 scales: all_finite_blocks).
 
 Storage types (`dtype`, DTYPES): float32, bfloat16 (bits as uint16), float16; the block types
 q8_0, q4_0, q4_k (lfm2engine.quant: quantized on load from a safetensors checkpoint with
@@ -44,7 +44,7 @@ import zlib
 import numpy as np
 
 from . import quant
-from .checkpoint import Checkpoint, all_finite, expected_tensors
+from .checkpoint import Checkpoint, all_finite_blocks, expected_tensors
 from .errors import CheckpointError, InputError
 
 FLOAT_DTYPES = ("float32", "bfloat16", "float16")
@@ -144,19 +144,11 @@ def check_widths(cfg, dtype: str) -> None:
                          + (" (q8_0 or q4_0: blocks of 32)" if q.block > 32 else ""))
 
 
-def array_finite(a: np.ndarray) -> bool:
-    """No NaN/Inf in a float / bf16-bits array, or in the f16 scales (d, dmin) of a block array."""
-    if quant.qtype_of(a) is None:
-        return all_finite(a)
-    return all(all_finite(np.ascontiguousarray(a[f])) for f, (fdt, *_) in a.dtype.fields.items()
-               if fdt == np.float16)
-
-
 def finite(ck, name: str, a: np.ndarray, dtype: str) -> np.ndarray:
     """`a` (tensor `name` of `ck` in the engine's storage type), after checking that it holds no
     NaN or Inf: a non-finite weight makes every logit it reaches NaN, so it is refused at load
     (CheckpointError naming the tensor) instead of producing wrong tokens."""
-    if array_finite(a):
+    if all_finite_blocks(a):  # a float array's values, a block array's f16 scales
         return a
     src = np.asarray(ck.f32(name))
     bad = np.flatnonzero(~np.isfinite(src))
@@ -329,5 +321,5 @@ def k_slice(a: np.ndarray, k0: int, k1: int) -> np.ndarray:
     return a[..., k0 // q.block : k1 // q.block]
 
 
-__all__ = ["DTYPES", "FLOAT_DTYPES", "LayerWeights", "STORED_DTYPES", "Weights", "array_finite", "check_dtype",
+__all__ = ["DTYPES", "FLOAT_DTYPES", "LayerWeights", "STORED_DTYPES", "Weights", "check_dtype",
            "check_widths", "is_projection", "k_slice", "storage_type", "stores_own_types"]

@@ -106,7 +106,7 @@ def explain_near_ties(model_dir: str, ids: np.ndarray, outputs: np.ndarray, samp
     the other expert chosen there. When that alternative matches the output within atol for every
     logit, the sample is explained -> {sample: {layer, token, margin, bound}}; others are not."""
     from . import reference as ref
-    from .engine import open_checkpoint
+    from .checkpoint import open_checkpoint
 
     ck = open_checkpoint(model_dir)  # a GGUF file: its dequantized weights (the exact mode's definition)
     cfg = ck.config
@@ -149,7 +149,7 @@ def make_workload(model_dir: str, out_dir: str, n: int = 32, seq_len: int = 16, 
                   verbose: bool = True) -> tuple[str, str]:
     """Random prompts (ids drawn from [2, V), i.e. no pad/bos) and their answers from the NumPy reference."""
     from . import reference as ref
-    from .engine import open_checkpoint
+    from .checkpoint import open_checkpoint
 
     if n < 1 or seq_len < 1:
         raise InputError(f"a workload needs n >= 1 and seq_len >= 1, got {n}, {seq_len}")
@@ -184,7 +184,7 @@ def quantized_answers(model_dir: str, dtype: str, ids: np.ndarray, verbose: bool
     the engine, not the quantization (the float answers measure that)."""
     from . import quant
     from . import reference as ref
-    from .engine import open_checkpoint
+    from .checkpoint import open_checkpoint
     from .weights import is_projection
 
     ck = open_checkpoint(model_dir)
