@@ -107,3 +107,20 @@ def test_generate_cli_runs_a_gguf_file(gguf_file, tmp_path):
     assert [ln for ln in r.stderr.splitlines() if "Error" in ln] == [
         f"[rank 0/1] InputError: dtype 'q4_0' cannot be asked of {path}: its tensors are used as they lie in the file "
         "(dtype 'auto', the default) or dequantized ('float32'); it is never re-quantized: choose from auto, float32"]
+
+
+def test_server_on_a_gguf_file_without_a_tokenizer_takes_token_ids(gguf_file, capsys):
+    import urllib.request
+
+    from lfm2engine.serve.server import Server
+
+    path = gguf_file("q4_k_m")  # written without tokenizer metadata: token ids only, with a warning
+    eng = Engine.from_pretrained(path)
+    with Server(eng, path, max_batch=2, max_context=32, step_tokens=8) as srv:
+        assert srv.state.tokenizer is None and srv.state.model_name == "model-q4_k_m.gguf"
+        body = json.dumps({"model": "model-q4_k_m.gguf", "prompt": [1, 2, 3], "max_tokens": 4}).encode()
+        req = urllib.request.Request(srv.url + "/v1/completions", body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            out = json.loads(r.read())
+    assert out["usage"]["completion_tokens"] == 4
+    assert "warning: no text tokenizer" in capsys.readouterr().err
