@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--self-draft", action="append", default=[], metavar="SPEC",
                     help="draft made from the target itself, items joined by '+': topk=N (fewer experts), "
                          "skip=2,5,7-9 or skip=auto:N (bypass layers; auto picks them by calibration), "
-                         f"dtype=bfloat16 (reduced-precision copy). Repeatable. Default: {DEFAULT_SELF_DRAFT}")
+                         "dtype=bfloat16 or dtype=q4_0 (reduced-precision or quantized copy). Repeatable. "
+                         f"Default: {DEFAULT_SELF_DRAFT}")
     ap.add_argument("-k", default=str(DEFAULT_K), metavar="N",
                     help=f"max draft tokens per round (default {DEFAULT_K}); a list or range sweeps: 1-8, 1,2,4")
     ap.add_argument("--threshold", default="0",
