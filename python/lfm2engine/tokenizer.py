@@ -46,6 +46,12 @@ class Tokenizer:
 
 
 def load_tokenizer(model_dir: str) -> Tokenizer | None:
+    """The tokenizer of a checkpoint directory (its tokenizer.json; None without one) or of a GGUF
+    file (the tokenizer.json beside it, else one built from its metadata: checkpoint.gguf)."""
+    if os.path.isfile(model_dir):
+        from .checkpoint.gguf import load_gguf_tokenizer
+
+        return load_gguf_tokenizer(model_dir)
     p = os.path.join(model_dir, "tokenizer.json")
     return Tokenizer(p) if os.path.isfile(p) else None
 
