@@ -9,8 +9,8 @@ in every mode of MODES:
     written by `python -m lfm2engine.quantize`), each also in the fast mode with int8 activations
     (`_core.set_quant_dot`);
   * the oracle rows "q8_0 ref" / "q4_0 ref" / "q4_k ref": the fp32 engine on a checkpoint holding
-    dequantize(quantize(W)) of every 2-D weight but the router's (what the exact mode must equal
-    within fp32 rounding; needs no quantized kernel).
+    dequantize(quantize(W)) of the tensors an engine quantizes on load (what the exact mode must
+    equal: bit for bit by its definition, docs/ARCHITECTURE.md; needs no quantized kernel).
 For each non-fp32 mode: the change of perplexity, the share of scored positions whose top-1 token
 differs from fp32's, the mean KL divergence KL(fp32 || mode) of the next-token distributions, and
 the largest |Δ logit|. A mode the model cannot take (q4_k needs row widths that are multiples of
@@ -107,19 +107,19 @@ def load_modes(model: str, labels, threads, tmp: str) -> tuple[dict, dict]:
 
 
 def quantized_copy(model: str, qtype: str, out: str) -> str:
-    """A float32 checkpoint holding dequantize(quantize(W, qtype)) for every 2-D matrix but the
-    router's (the token embedding / tied head included); norms, conv kernels, biases unchanged.
-    InputError (from quant.quantize) where a row width is not a whole number of blocks."""
+    """A float32 checkpoint holding dequantize(quantize(W, qtype)) for every tensor an engine
+    quantizes on load (`weights.is_projection`: projections, experts, embedding / tied head);
+    norms, conv taps, the router and expert_bias unchanged. InputError (from quant.quantize) where
+    a row width is not a whole number of blocks."""
     from lfm2engine.checkpoint import Checkpoint, save_pretrained
     from lfm2engine.quant import dequantize, quantize
+    from lfm2engine.weights import is_projection
 
     ck = Checkpoint(model)
 
     def tensor(name):
         a = np.array(ck.f32(name))
-        if a.ndim != 2 or name.endswith("feed_forward.gate.weight"):
-            return a
-        return dequantize(quantize(a, qtype)).reshape(a.shape)
+        return dequantize(quantize(a, qtype)).reshape(a.shape) if is_projection(name) else a
 
     save_pretrained(ck.config, tensor, out, dtype="F32")
     return out
