@@ -21,6 +21,9 @@ its course workload from `lfm2engine.workload.default_workload`: 32 prompts × 1
 last-position next-token distribution of every mode against the bf16 engine: top-1 agreement, mean
 and max KL(bf16 || mode), max |Δ logit|. `--workload-models` adds more (e.g. tiny).
 
+Part 3 (weight error; the trained models): the relative RMS error of dequantize(quantize(W)) per
+block type, q4_k and q6_k included (their rows regrouped to 256: see weight_error_part).
+
 Writes analysis/out/quality.json (atomically) and prints the markdown tables of analysis/quality.md.
 
     python benchmarks/bench_quality.py              # whole held-out split (~57k tokens)
@@ -247,6 +250,34 @@ def workload_part(models, labels, args, tmp) -> tuple[dict, list[str]]:
     return out_all, lines
 
 
+def weight_error_part(names) -> tuple[dict, list[str]]:
+    """Relative RMS error ||dequantize(quantize(W)) - W|| / ||W|| over every tensor an engine
+    quantizes, per block type, on the trained weights. Each tensor's values are cut into rows of
+    256 in storage order, so the k-quants are measured too on models whose widths they cannot
+    take (32-weight groups are the real ones wherever K is a multiple of 32; only which groups
+    share a super-block scale differs)."""
+    from lfm2engine.checkpoint import Checkpoint
+    from lfm2engine.quant import QUANT_DTYPES, dequantize, quantize
+    from lfm2engine.weights import is_projection
+
+    types = (*QUANT_DTYPES, "q6_k")
+    out, lines = {}, ["| model | " + " | ".join(types) + " |", "|---|" + "---|" * len(types)]
+    for name in names:
+        ck = Checkpoint(shipped_dir(name))
+        err, ref = dict.fromkeys(types, 0.0), 0.0
+        for n in ck.names():
+            if not is_projection(n):
+                continue
+            x = np.asarray(ck.f32(n), np.float64).ravel()
+            x = x[:x.size // 256 * 256].reshape(-1, 256).astype(np.float32)
+            ref += float((x.astype(np.float64) ** 2).sum())
+            for q in types:
+                err[q] += float(((dequantize(quantize(x, q)).reshape(x.shape) - x).astype(np.float64) ** 2).sum())
+        out[name] = {q: (err[q] / ref) ** 0.5 for q in types}
+        lines.append(f"| {name} | " + " | ".join(f"{100 * out[name][q]:.2f} %" for q in types) + " |")
+    return out, lines
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--ctx", type=int, default=128)
@@ -274,10 +305,11 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
         res["models"], lines = perplexity_part(names, labels, args, tmp, text) if names else ({}, [])
         res["workload"], wl_lines = workload_part(wl_models, labels, args, tmp) if wl_models else ({}, [])
+    res["weight_error"], we_lines = weight_error_part(names) if names else ({}, [])
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with atomic_writer(args.out, "w") as f:
         json.dump(res, f, indent=1)
-    print("\n".join(lines + [""] + wl_lines))
+    print("\n".join(lines + [""] + wl_lines + [""] + we_lines))
     return 0
 
 
