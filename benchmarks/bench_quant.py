@@ -135,8 +135,12 @@ def summarize(runs: list[dict], test: str) -> dict | None:
     if not ok:
         return None
     warm = [statistics.median(x[1:]) if len(x) > 1 else float("nan") for x in ok]
-    return {"warm": statistics.median(warm), "warm_min": min(warm), "warm_max": max(warm),
-            "cold": statistics.median(x[0] for x in ok), "rounds": len(ok)}
+    out = {"warm": statistics.median(warm), "warm_min": min(warm), "warm_max": max(warm),
+           "cold": statistics.median(x[0] for x in ok), "rounds": len(ok)}
+    loads = [r["load_s"] for r in runs if "load_s" in r]
+    if loads:  # ours: seconds from the start of Engine.from_pretrained to a loaded engine
+        out["load_s"] = statistics.median(loads)
+    return out
 
 
 def table_rows(runs: dict, types, modes, profiles: dict, dram: float, prompt: int, gen: int) -> list[dict]:
@@ -155,7 +159,7 @@ def table_rows(runs: dict, types, modes, profiles: dict, dram: float, prompt: in
                     rows.append(dict(row, error=next(x["error"] for x in runs[(t, who)])))
                     continue
                 row.update(warm=s["warm"], cold=s["cold"], warm_range=[s["warm_min"], s["warm_max"]],
-                           rounds=s["rounds"])
+                           rounds=s["rounds"], **({"load_s": s["load_s"]} if "load_s" in s else {}))
                 if who != "llama.cpp":
                     row.update(x_warm=s["warm"] / peer["warm"], x_cold=s["cold"] / peer["cold"])
                     if (t, test) in TARGETS:
@@ -223,7 +227,7 @@ def main(argv=None):
 
     rows = table_rows(runs, types, modes, profiles, dram, a.prompt, a.gen)
     print_table(rows, ["type", "test", "engine", "warm", "cold", "x_warm", "x_cold", "target", "met", "roof",
-                       "pct_roof", "gflops", "error"])
+                       "pct_roof", "gflops", "load_s", "error"])
     for t in types:
         print(f"{t}: {files[t]} ({profiles[t]['file_bytes'] / 1e9:.2f} GB; "
               f"{profiles[t]['bytes_per_token'] / 1e6:.0f} MB read per decoded token)")
