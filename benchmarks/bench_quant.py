@@ -194,10 +194,14 @@ def main(argv=None):
     for k, full, quick in (("prompt", 512, 64), ("gen", 64, 8), ("rounds", 5, 1), ("reps", 2, 1)):
         if getattr(a, k) is None:
             setattr(a, k, quick if a.quick else full)
+    from lfm2engine.cli import at_least, parse_list
+
+    for flag, v in (("--threads", a.threads), ("--prompt", a.prompt), ("--gen", a.gen), ("--rounds", a.rounds),
+                    ("--reps", a.reps)):
+        at_least(flag, v, 1)
     if a.worker:
         return worker(a)
 
-    from lfm2engine.cli import parse_list
     from lfm2engine.synthetic import default_model_dir
 
     if not a.llama_cpp:
@@ -241,4 +245,9 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from lfm2engine.errors import LFM2Error
+
+    try:
+        main()
+    except LFM2Error as e:
+        raise SystemExit(f"{type(e).__name__}: {e}") from None
