@@ -1,0 +1,231 @@
+// The vector vocabulary of the quant-dot kernels (gemm_qdot.cpp): a 16-lane int32 / fp32 vector
+// per ISA. QZ: one zmm, vpdpbusd (AVX512_VNNI). QY: two ymm (lanes 0-7, 8-15), vpmaddubsw +
+// vpmaddwd. QS: plain arrays (the scalar path). All sum the same products exactly, and hsum is
+// the one tree of gemm_qdot.h, so the kernels written over them give the same bits. Internal to
+// csrc/cpu.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "simd.h"
+
+#define LFM2_TARGET_QZ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma,f16c")))
+#define LFM2_QZ LFM2_TARGET_QZ static inline __attribute__((always_inline))
+#define LFM2_QY LFM2_TARGET_AVX2 static inline __attribute__((always_inline))
+
+namespace lfm2::cpu::qdot {
+
+struct QZ {
+    using I = __m512i;
+    using F = __m512;
+    // q8_0 codes are stored as w + 128 (unsigned, vpdpbusd's first operand) and the sum corrected
+    // by 128 · Σ q_x; QY multiplies the signed codes directly (|w| and the sign moved onto x).
+    static constexpr bool kSignedQ8 = false;
+    LFM2_QZ I zero() { return _mm512_setzero_si512(); }
+    LFM2_QZ I set1(int v) { return _mm512_set1_epi32(v); }
+    LFM2_QZ I load(const void* p) { return _mm512_loadu_si512(p); }
+    LFM2_QZ void store(void* p, I v) { _mm512_storeu_si512(p, v); }
+    // dwords at base + idx[l] for the first `n` lanes, 0 in the others.
+    LFM2_QZ I gather(const void* base, I idx, int n) {
+        return _mm512_mask_i32gather_epi32(zero(), __mmask16((1u << n) - 1u), idx, base, 1);
+    }
+    LFM2_QZ I and_(I a, I b) { return _mm512_and_si512(a, b); }
+    LFM2_QZ I or_(I a, I b) { return _mm512_or_si512(a, b); }
+    LFM2_QZ I xor_(I a, I b) { return _mm512_xor_si512(a, b); }
+    LFM2_QZ I sub(I a, I b) { return _mm512_sub_epi32(a, b); }
+    LFM2_QZ I srlv(I a, I n) { return _mm512_srlv_epi32(a, n); }
+    template <int n>
+    LFM2_QZ I srli(I a) {
+        return _mm512_srli_epi32(a, n);
+    }
+    template <int n>
+    LFM2_QZ I slli(I a) {
+        return _mm512_slli_epi32(a, n);
+    }
+    // acc + Σ of 4 products u8 × s8 per lane.
+    LFM2_QZ I dot(I acc, I u, I s) { return _mm512_dpbusd_epi32(acc, u, s); }
+    LFM2_QZ I dot_signed(I acc, I w, I x) { return dot(acc, w, x); }  // unused (kSignedQ8 false)
+    LFM2_QZ F zerof() { return _mm512_setzero_ps(); }
+    LFM2_QZ F loadf(const void* p) { return _mm512_loadu_ps(p); }
+    LFM2_QZ void storef(void* p, F v) { _mm512_storeu_ps(p, v); }
+    LFM2_QZ F cvt(I a) { return _mm512_cvtepi32_ps(a); }
+    LFM2_QZ F mul(F a, F b) { return _mm512_mul_ps(a, b); }
+    LFM2_QZ F add(F a, F b) { return _mm512_add_ps(a, b); }
+    LFM2_QZ F sub(F a, F b) { return _mm512_sub_ps(a, b); }
+    // The f16 in the low half of each lane, widened (exact).
+    LFM2_QZ F halfs(I a) { return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(a)); }
+    LFM2_QZ float hsum(F v) { return simd::Avx512::hsum(v); }
+};
+
+struct QY {
+    struct I {
+        __m256i a, b;
+    };
+    struct F {
+        __m256 a, b;
+    };
+    static constexpr bool kSignedQ8 = true;
+    LFM2_QY I zero() { return {_mm256_setzero_si256(), _mm256_setzero_si256()}; }
+    LFM2_QY I set1(int v) { return {_mm256_set1_epi32(v), _mm256_set1_epi32(v)}; }
+    LFM2_QY I load(const void* p) {
+        const __m256i* q = static_cast<const __m256i*>(p);
+        return {_mm256_loadu_si256(q), _mm256_loadu_si256(q + 1)};
+    }
+    LFM2_QY void store(void* p, I v) {
+        __m256i* q = static_cast<__m256i*>(p);
+        _mm256_storeu_si256(q, v.a);
+        _mm256_storeu_si256(q + 1, v.b);
+    }
+    LFM2_QY __m256i lanes_below(int n) {
+        return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    }
+    LFM2_QY I gather(const void* base, I idx, int n) {
+        const int* b = static_cast<const int*>(base);
+        const __m256i z = _mm256_setzero_si256();
+        return {_mm256_mask_i32gather_epi32(z, b, idx.a, lanes_below(n), 1),
+                _mm256_mask_i32gather_epi32(z, b, idx.b, lanes_below(n - 8), 1)};
+    }
+    LFM2_QY I and_(I x, I y) { return {_mm256_and_si256(x.a, y.a), _mm256_and_si256(x.b, y.b)}; }
+    LFM2_QY I or_(I x, I y) { return {_mm256_or_si256(x.a, y.a), _mm256_or_si256(x.b, y.b)}; }
+    LFM2_QY I xor_(I x, I y) { return {_mm256_xor_si256(x.a, y.a), _mm256_xor_si256(x.b, y.b)}; }
+    LFM2_QY I sub(I x, I y) { return {_mm256_sub_epi32(x.a, y.a), _mm256_sub_epi32(x.b, y.b)}; }
+    LFM2_QY I srlv(I x, I n) { return {_mm256_srlv_epi32(x.a, n.a), _mm256_srlv_epi32(x.b, n.b)}; }
+    template <int n>
+    LFM2_QY I srli(I x) {
+        return {_mm256_srli_epi32(x.a, n), _mm256_srli_epi32(x.b, n)};
+    }
+    template <int n>
+    LFM2_QY I slli(I x) {
+        return {_mm256_slli_epi32(x.a, n), _mm256_slli_epi32(x.b, n)};
+    }
+    // u ≤ 63 (4- and 6-bit codes, |w| ≤ 128 of q8_0): vpmaddubsw's pair sums stay below 2^15.
+    LFM2_QY __m256i dot8(__m256i acc, __m256i u, __m256i s) {
+        const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+        return _mm256_add_epi32(acc, p);
+    }
+    LFM2_QY I dot(I acc, I u, I s) { return {dot8(acc.a, u.a, s.a), dot8(acc.b, u.b, s.b)}; }
+    LFM2_QY I dot_signed(I acc, I w, I x) {
+        return {dot8(acc.a, _mm256_abs_epi8(w.a), _mm256_sign_epi8(x.a, w.a)),
+                dot8(acc.b, _mm256_abs_epi8(w.b), _mm256_sign_epi8(x.b, w.b))};
+    }
+    LFM2_QY F zerof() { return {_mm256_setzero_ps(), _mm256_setzero_ps()}; }
+    LFM2_QY F loadf(const void* p) {
+        const float* q = static_cast<const float*>(p);
+        return {_mm256_loadu_ps(q), _mm256_loadu_ps(q + 8)};
+    }
+    LFM2_QY void storef(void* p, F v) {
+        float* q = static_cast<float*>(p);
+        _mm256_storeu_ps(q, v.a);
+        _mm256_storeu_ps(q + 8, v.b);
+    }
+    LFM2_QY F cvt(I x) { return {_mm256_cvtepi32_ps(x.a), _mm256_cvtepi32_ps(x.b)}; }
+    LFM2_QY F mul(F x, F y) { return {_mm256_mul_ps(x.a, y.a), _mm256_mul_ps(x.b, y.b)}; }
+    LFM2_QY F add(F x, F y) { return {_mm256_add_ps(x.a, y.a), _mm256_add_ps(x.b, y.b)}; }
+    LFM2_QY F sub(F x, F y) { return {_mm256_sub_ps(x.a, y.a), _mm256_sub_ps(x.b, y.b)}; }
+    LFM2_QY __m256 halfs8(__m256i a) {
+        return _mm256_cvtph_ps(_mm_packus_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1)));
+    }
+    LFM2_QY F halfs(I x) { return {halfs8(_mm256_and_si256(x.a, _mm256_set1_epi32(0xFFFF))),
+                                   halfs8(_mm256_and_si256(x.b, _mm256_set1_epi32(0xFFFF)))}; }
+    LFM2_QY float hsum(F v) { return simd::Avx2::hsum(_mm256_add_ps(v.a, v.b)); }
+};
+
+struct QS {
+    struct I {
+        int32_t v[16];
+    };
+    struct F {
+        float v[16];
+    };
+    static constexpr bool kSignedQ8 = true;
+    static inline I zero() { return set1(0); }
+    static inline I set1(int x) {
+        I r;
+        for (int l = 0; l < 16; ++l) r.v[l] = x;
+        return r;
+    }
+    static inline I load(const void* p) {
+        I r;
+        std::memcpy(r.v, p, 64);
+        return r;
+    }
+    static inline void store(void* p, I x) { std::memcpy(p, x.v, 64); }
+    static inline I gather(const void* base, I idx, int n) {
+        I r = zero();
+        for (int l = 0; l < n && l < 16; ++l) std::memcpy(&r.v[l], static_cast<const char*>(base) + idx.v[l], 4);
+        return r;
+    }
+    template <class Op>
+    static inline I map2(I x, I y, Op op) {
+        for (int l = 0; l < 16; ++l) x.v[l] = int32_t(op(uint32_t(x.v[l]), uint32_t(y.v[l])));
+        return x;
+    }
+    static inline I and_(I x, I y) { return map2(x, y, [](uint32_t a, uint32_t b) { return a & b; }); }
+    static inline I or_(I x, I y) { return map2(x, y, [](uint32_t a, uint32_t b) { return a | b; }); }
+    static inline I xor_(I x, I y) { return map2(x, y, [](uint32_t a, uint32_t b) { return a ^ b; }); }
+    static inline I sub(I x, I y) { return map2(x, y, [](uint32_t a, uint32_t b) { return a - b; }); }
+    static inline I srlv(I x, I n) { return map2(x, n, [](uint32_t a, uint32_t b) { return a >> b; }); }
+    template <int n>
+    static inline I srli(I x) {
+        return map2(x, x, [](uint32_t a, uint32_t) { return a >> n; });
+    }
+    template <int n>
+    static inline I slli(I x) {
+        return map2(x, x, [](uint32_t a, uint32_t) { return a << n; });
+    }
+    // acc + Σ of 4 products per lane: u unsigned (or signed with `sw`) bytes × signed bytes.
+    template <bool sw>
+    static inline I dot4(I acc, I u, I s) {
+        const uint8_t* ub = reinterpret_cast<const uint8_t*>(u.v);
+        const int8_t* sb = reinterpret_cast<const int8_t*>(s.v);
+        for (int l = 0; l < 16; ++l)
+            for (int t = 0; t < 4; ++t)
+                acc.v[l] += (sw ? int32_t(int8_t(ub[4 * l + t])) : int32_t(ub[4 * l + t])) * int32_t(sb[4 * l + t]);
+        return acc;
+    }
+    static inline I dot(I acc, I u, I s) { return dot4<false>(acc, u, s); }
+    static inline I dot_signed(I acc, I w, I x) { return dot4<true>(acc, w, x); }
+    static inline F zerof() {
+        F r;
+        for (int l = 0; l < 16; ++l) r.v[l] = 0.0f;
+        return r;
+    }
+    static inline F loadf(const void* p) {
+        F r;
+        std::memcpy(r.v, p, 64);
+        return r;
+    }
+    static inline void storef(void* p, F x) { std::memcpy(p, x.v, 64); }
+    static inline F cvt(I x) {
+        F r;
+        for (int l = 0; l < 16; ++l) r.v[l] = float(x.v[l]);
+        return r;
+    }
+    static inline F mul(F x, F y) {
+        for (int l = 0; l < 16; ++l) x.v[l] = x.v[l] * y.v[l];
+        return x;
+    }
+    static inline F add(F x, F y) {
+        for (int l = 0; l < 16; ++l) x.v[l] = x.v[l] + y.v[l];
+        return x;
+    }
+    static inline F sub(F x, F y) {
+        for (int l = 0; l < 16; ++l) x.v[l] = x.v[l] - y.v[l];
+        return x;
+    }
+    static inline F halfs(I x) {
+        F r;
+        for (int l = 0; l < 16; ++l) r.v[l] = f16_to_f32(uint16_t(uint32_t(x.v[l]) & 0xFFFFu));
+        return r;
+    }
+    // (acc[l] + acc[l + 8]) -> (t[l] + t[l + 4]) -> (u0 + u2) + (u1 + u3): Avx512::hsum's tree.
+    static inline float hsum(F x) {
+        float t[8], u[4];
+        for (int l = 0; l < 8; ++l) t[l] = x.v[l] + x.v[l + 8];
+        for (int l = 0; l < 4; ++l) u[l] = t[l] + t[l + 4];
+        return (u[0] + u[2]) + (u[1] + u[3]);
+    }
+};
+
+}  // namespace lfm2::cpu::qdot
