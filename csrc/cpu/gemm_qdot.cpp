@@ -168,6 +168,7 @@ void quantize_rows(Isa isa, DType wdt, bool signed_q8, const float* x, int64_t l
 constexpr int32_t kIdxQ8[16] = {0, 34, 68, 102, 136, 170, 204, 238, 272, 306, 340, 374, 408, 442, 476, 510};
 constexpr int32_t kIdxQ4[16] = {0, 18, 36, 54, 72, 90, 108, 126, 144, 162, 180, 198, 216, 234, 252, 270};
 // q4_k lane l: superblock l / 8, sub-block j = l % 8 in qs chunk j / 2 (at byte 16), nibble j % 2.
+// (Offsets of 16-byte rows: + 0 for a span's bytes 0-15, + 16 for 16-31.)
 constexpr int32_t kIdxK4[16] = {16, 16, 48, 48, 80, 80, 112, 112, 160, 160, 192, 192, 224, 224, 256, 256};
 constexpr int32_t kShK4[16] = {0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4};
 // q6_k lane l: superblock l / 8, span p = l % 8: half h = p / 4, g = p % 4 (core/quant.h q6_code):
@@ -177,29 +178,18 @@ constexpr int32_t kShQl[16] = {0, 0, 4, 4, 0, 0, 4, 4, 0, 0, 4, 4, 0, 0, 4, 4};
 constexpr int32_t kIdxQh[16] = {128, 128, 128, 128, 160, 160, 160, 160, 338, 338, 338, 338, 370, 370, 370, 370};
 constexpr int32_t kShQh[16] = {0, 2, 4, 6, 0, 2, 4, 6, 0, 2, 4, 6, 0, 2, 4, 6};
 
-// The epilogue scales of a k-quant group (2 superblocks at base, the first n < 16 spans valid):
-// q4_k epi[l] = d · sc_j, epi[16 + l] = dmin · m_j; q6_k epi[l] = d · sc_lo, epi[16 + l] = d · sc_hi.
-void epi_q4_k(const uint8_t* base, int n, float* epi) {
-    for (int l = 0; l < 16; ++l) {
-        epi[l] = epi[16 + l] = 0.0f;
-        if (l >= n) continue;
-        const BlockQ4_K& b = reinterpret_cast<const BlockQ4_K*>(base)[l >> 3];
-        int sc, m;
-        k4_scale_min(b.scales, l & 7, sc, m);
-        epi[l] = f16_to_f32(b.d) * float(sc);
-        epi[16 + l] = f16_to_f32(b.dmin) * float(m);
-    }
-}
-
-void epi_q6_k(const uint8_t* base, int n, float* epi) {
-    for (int l = 0; l < 16; ++l) {
-        epi[l] = epi[16 + l] = 0.0f;
-        if (l >= n) continue;
-        const BlockQ6_K& b = reinterpret_cast<const BlockQ6_K*>(base)[l >> 3];
-        const float d = f16_to_f32(b.d);
-        epi[l] = d * float(b.scales[2 * (l & 7)]);
-        epi[16 + l] = d * float(b.scales[2 * (l & 7) + 1]);
-    }
+// q4_k: the 8 six-bit scales and mins of a superblock from its 12 packed bytes (core/quant.h
+// k4_scale_min, four at a time): bytes 0-3 = sc[0..3] (low 6 bits) and the top bits of sc[4..7],
+// 4-7 likewise for m, 8-11 the low nibbles of sc[4..7] (low) and m[4..7] (high).
+// sc / m: byte j = sc_j / m_j (little-endian).
+inline void k4_unpack(const uint8_t* s12, uint64_t& sc, uint64_t& m) {
+    uint32_t w[3];
+    std::memcpy(w, s12, 12);
+    const uint32_t sc0 = w[0] & 0x3F3F3F3Fu, m0 = w[1] & 0x3F3F3F3Fu;
+    const uint32_t sc1 = (w[2] & 0x0F0F0F0Fu) | (((w[0] >> 6) & 0x03030303u) << 4);
+    const uint32_t m1 = ((w[2] >> 4) & 0x0F0F0F0Fu) | (((w[1] >> 6) & 0x03030303u) << 4);
+    sc = uint64_t(sc0) | (uint64_t(sc1) << 32);
+    m = uint64_t(m0) | (uint64_t(m1) << 32);
 }
 
 template <class V>

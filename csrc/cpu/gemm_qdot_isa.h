@@ -30,6 +30,34 @@ struct QZ {
     LFM2_QZ I gather(const void* base, I idx, int n) {
         return _mm512_mask_i32gather_epi32(zero(), __mmask16((1u << n) - 1u), idx, base, 1);
     }
+    // out[t] lane l = dword t of the 16 bytes at base + off[l]: lane q of A[r] holds row 4q + r,
+    // and two rounds of unpacks transpose the 4 × 4 dwords of each 128-bit lane in place.
+    LFM2_QZ void rows4(const uint8_t* base, const int32_t* off, I* out) {
+        I A[4];
+        for (int r = 0; r < 4; ++r) {
+            auto row = [&](int l) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(base + off[l])); };
+            A[r] = _mm512_inserti32x4(_mm512_castsi128_si512(row(r)), row(4 + r), 1);
+            A[r] = _mm512_inserti32x4(A[r], row(8 + r), 2);
+            A[r] = _mm512_inserti32x4(A[r], row(12 + r), 3);
+        }
+        const I u0 = _mm512_unpacklo_epi32(A[0], A[1]), u1 = _mm512_unpackhi_epi32(A[0], A[1]);
+        const I v0 = _mm512_unpacklo_epi32(A[2], A[3]), v1 = _mm512_unpackhi_epi32(A[2], A[3]);
+        out[0] = _mm512_unpacklo_epi64(u0, v0);
+        out[1] = _mm512_unpackhi_epi64(u0, v0);
+        out[2] = _mm512_unpacklo_epi64(u1, v1);
+        out[3] = _mm512_unpackhi_epi64(u1, v1);
+    }
+    // Lane l = the first dword at base + off[l] (rows4's out[0] alone).
+    LFM2_QZ I rows1(const uint8_t* base, const int32_t* off) {
+        I A[4];
+        for (int r = 0; r < 4; ++r) {
+            auto row = [&](int l) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(base + off[l])); };
+            A[r] = _mm512_inserti32x4(_mm512_castsi128_si512(row(r)), row(4 + r), 1);
+            A[r] = _mm512_inserti32x4(A[r], row(8 + r), 2);
+            A[r] = _mm512_inserti32x4(A[r], row(12 + r), 3);
+        }
+        return _mm512_unpacklo_epi64(_mm512_unpacklo_epi32(A[0], A[1]), _mm512_unpacklo_epi32(A[2], A[3]));
+    }
     LFM2_QZ I and_(I a, I b) { return _mm512_and_si512(a, b); }
     LFM2_QZ I or_(I a, I b) { return _mm512_or_si512(a, b); }
     LFM2_QZ I xor_(I a, I b) { return _mm512_xor_si512(a, b); }
@@ -56,6 +84,26 @@ struct QZ {
     // The f16 in the low half of each lane, widened (exact).
     LFM2_QZ F halfs(I a) { return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(a)); }
     LFM2_QZ float hsum(F v) { return simd::Avx512::hsum(v); }
+    LFM2_QZ float f16(uint16_t h) { return _cvtsh_ss(h); }
+    // out[l] = d_{l / 8} · float(b[l]) for 16 bytes b, unsigned (u8) or signed.
+    template <bool sgn>
+    LFM2_QZ void scale16(__m128i b, float d0, float d1, float* out) {
+        const F d = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(d0), _mm512_set1_ps(d1));
+        const I v = sgn ? _mm512_cvtepi8_epi32(b) : _mm512_cvtepu8_epi32(b);
+        _mm512_storeu_ps(out, _mm512_mul_ps(d, _mm512_cvtepi32_ps(v)));
+    }
+    // The 16 bytes: b0 (lanes 0-7) and b1 (8-15), little-endian.
+    LFM2_QZ void scale_u8(uint64_t b0, uint64_t b1, float d0, float d1, float* out) {
+        scale16<false>(_mm_set_epi64x(int64_t(b1), int64_t(b0)), d0, d1, out);
+    }
+    // lo[l] = d_{l / 8} · s_{l / 8}[2 (l % 8)], hi[l] likewise with [2 (l % 8) + 1] (q6_k's scales).
+    LFM2_QZ void scale_pairs(const int8_t* s0, const int8_t* s1, float d0, float d1, float* lo, float* hi) {
+        const __m128i even_odd = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+        const __m128i a = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s0)), even_odd);
+        const __m128i b = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s1)), even_odd);
+        scale16<true>(_mm_unpacklo_epi64(a, b), d0, d1, lo);
+        scale16<true>(_mm_unpackhi_epi64(a, b), d0, d1, hi);
+    }
 };
 
 struct QY {
@@ -85,6 +133,11 @@ struct QY {
         const __m256i z = _mm256_setzero_si256();
         return {_mm256_mask_i32gather_epi32(z, b, idx.a, lanes_below(n), 1),
                 _mm256_mask_i32gather_epi32(z, b, idx.b, lanes_below(n - 8), 1)};
+    }
+    LFM2_QY I rows1(const uint8_t* base, const int32_t* off) { return gather(base, load(off), 16); }
+    LFM2_QY void rows4(const uint8_t* base, const int32_t* off, I* out) {
+        const I idx = load(off);
+        for (int t = 0; t < 4; ++t) out[t] = gather(base + 4 * t, idx, 16);
     }
     LFM2_QY I and_(I x, I y) { return {_mm256_and_si256(x.a, y.a), _mm256_and_si256(x.b, y.b)}; }
     LFM2_QY I or_(I x, I y) { return {_mm256_or_si256(x.a, y.a), _mm256_or_si256(x.b, y.b)}; }
@@ -129,6 +182,24 @@ struct QY {
     LFM2_QY F halfs(I x) { return {halfs8(_mm256_and_si256(x.a, _mm256_set1_epi32(0xFFFF))),
                                    halfs8(_mm256_and_si256(x.b, _mm256_set1_epi32(0xFFFF)))}; }
     LFM2_QY float hsum(F v) { return simd::Avx2::hsum(_mm256_add_ps(v.a, v.b)); }
+    LFM2_QY float f16(uint16_t h) { return _cvtsh_ss(h); }
+    template <bool sgn>
+    LFM2_QY void scale16(__m128i b, float d0, float d1, float* out) {
+        const __m256i lo = sgn ? _mm256_cvtepi8_epi32(b) : _mm256_cvtepu8_epi32(b);
+        const __m256i hi = sgn ? _mm256_cvtepi8_epi32(_mm_srli_si128(b, 8)) : _mm256_cvtepu8_epi32(_mm_srli_si128(b, 8));
+        _mm256_storeu_ps(out, _mm256_mul_ps(_mm256_set1_ps(d0), _mm256_cvtepi32_ps(lo)));
+        _mm256_storeu_ps(out + 8, _mm256_mul_ps(_mm256_set1_ps(d1), _mm256_cvtepi32_ps(hi)));
+    }
+    LFM2_QY void scale_u8(uint64_t b0, uint64_t b1, float d0, float d1, float* out) {
+        scale16<false>(_mm_set_epi64x(int64_t(b1), int64_t(b0)), d0, d1, out);
+    }
+    LFM2_QY void scale_pairs(const int8_t* s0, const int8_t* s1, float d0, float d1, float* lo, float* hi) {
+        const __m128i even_odd = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+        const __m128i a = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s0)), even_odd);
+        const __m128i b = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s1)), even_odd);
+        scale16<true>(_mm_unpacklo_epi64(a, b), d0, d1, lo);
+        scale16<true>(_mm_unpackhi_epi64(a, b), d0, d1, hi);
+    }
 };
 
 struct QS {
@@ -155,6 +226,11 @@ struct QS {
         I r = zero();
         for (int l = 0; l < n && l < 16; ++l) std::memcpy(&r.v[l], static_cast<const char*>(base) + idx.v[l], 4);
         return r;
+    }
+    static inline I rows1(const uint8_t* base, const int32_t* off) { return gather(base, load(off), 16); }
+    static inline void rows4(const uint8_t* base, const int32_t* off, I* out) {
+        for (int t = 0; t < 4; ++t)
+            for (int l = 0; l < 16; ++l) std::memcpy(&out[t].v[l], base + off[l] + 4 * t, 4);
     }
     template <class Op>
     static inline I map2(I x, I y, Op op) {
@@ -218,6 +294,17 @@ struct QS {
         F r;
         for (int l = 0; l < 16; ++l) r.v[l] = f16_to_f32(uint16_t(uint32_t(x.v[l]) & 0xFFFFu));
         return r;
+    }
+    static inline float f16(uint16_t h) { return f16_to_f32(h); }
+    static inline void scale_u8(uint64_t b0, uint64_t b1, float d0, float d1, float* out) {
+        for (int l = 0; l < 16; ++l) out[l] = (l < 8 ? d0 : d1) * float(uint8_t((l < 8 ? b0 : b1) >> (8 * (l & 7))));
+    }
+    static inline void scale_pairs(const int8_t* s0, const int8_t* s1, float d0, float d1, float* lo, float* hi) {
+        for (int l = 0; l < 16; ++l) {
+            const int8_t* sc = l < 8 ? s0 : s1;
+            lo[l] = (l < 8 ? d0 : d1) * float(sc[2 * (l & 7)]);
+            hi[l] = (l < 8 ? d0 : d1) * float(sc[2 * (l & 7) + 1]);
+        }
     }
     // (acc[l] + acc[l + 8]) -> (t[l] + t[l + 4]) -> (u0 + u2) + (u1 + u3): Avx512::hsum's tree.
     static inline float hsum(F x) {

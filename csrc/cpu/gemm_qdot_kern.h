@@ -3,48 +3,72 @@
 // once per ISA, in its own namespace, with LFM2_QDOT_FN carrying that ISA's target attribute, so
 // that every intrinsic inlines into a function compiled for it. Internal to csrc/cpu.
 
-// Group g of a weight row (its first n < 16 spans valid, the rest 0): codes[8 × 64] (vector s, lane
+// Group g of a weight row (its first n <= 16 spans valid, the rest 0): codes[8 × 64] (vector s, lane
 // l = bytes 4s .. 4s + 3 of span l's codes: q8_0 signed, or + 128 unless V::kSignedQ8; 4-bit and
-// 6-bit codes unsigned) and epi[32] (the epilogue's scales, see epilogue()).
+// 6-bit codes unsigned) and epi[32] (the epilogue's scales, see epilogue()). V::rows4 reads
+// 16-byte rows at base + off[l] and returns the vectors of their dwords 0..3.
 template <class V, DType T>
-LFM2_QDOT_FN void load_group(const uint8_t* row, int64_t g, int n, uint8_t* codes, float* epi) {
+LFM2_QDOT_FN void load_full_group(const uint8_t* base, uint8_t* codes, float* epi) {
     using I = typename V::I;
+    I r[4];
     if constexpr (T == DType::Q8_0 || T == DType::Q4_0) {
-        constexpr int bytes = T == DType::Q8_0 ? 34 : 18;
-        const uint8_t* base = row + g * 16 * bytes;
-        const I idx = V::load(T == DType::Q8_0 ? kIdxQ8 : kIdxQ4);
         if constexpr (T == DType::Q8_0) {
-            for (int s = 0; s < 8; ++s) {
-                I c = V::gather(base + 2 + 4 * s, idx, n);
-                if constexpr (!V::kSignedQ8) c = V::xor_(c, V::set1(int(0x80808080u)));
-                V::store(codes + 64 * s, c);
+            for (int h = 0; h < 2; ++h) {
+                V::rows4(base + 2 + 16 * h, kIdxQ8, r);
+                for (int t = 0; t < 4; ++t) {
+                    if constexpr (!V::kSignedQ8) r[t] = V::xor_(r[t], V::set1(int(0x80808080u)));
+                    V::store(codes + 64 * (4 * h + t), r[t]);
+                }
             }
         } else {
             const I lo = V::set1(0x0F0F0F0F);
-            for (int s = 0; s < 4; ++s) {
-                const I c = V::gather(base + 2 + 4 * s, idx, n);
-                V::store(codes + 64 * s, V::and_(c, lo));
-                V::store(codes + 64 * (s + 4), V::and_(V::template srli<4>(c), lo));
+            V::rows4(base + 2, kIdxQ4, r);
+            for (int t = 0; t < 4; ++t) {
+                V::store(codes + 64 * t, V::and_(r[t], lo));
+                V::store(codes + 64 * (t + 4), V::and_(V::template srli<4>(r[t]), lo));
             }
         }
-        V::storef(epi, V::halfs(V::gather(base, idx, n)));
+        V::storef(epi, V::halfs(V::rows1(base, T == DType::Q8_0 ? kIdxQ8 : kIdxQ4)));
         V::storef(epi + 16, V::zerof());
     } else if constexpr (T == DType::Q4_K) {
-        const uint8_t* base = row + g * 2 * 144;
-        const I idx = V::load(kIdxK4), sh = V::load(kShK4), lo = V::set1(0x0F0F0F0F);
-        for (int s = 0; s < 8; ++s) V::store(codes + 64 * s, V::and_(V::srlv(V::gather(base + 4 * s, idx, n), sh), lo));
-        epi_q4_k(base, n, epi);
-    } else {  // Q6_K
-        const uint8_t* base = row + g * 2 * 210;
-        const I iql = V::load(kIdxQl), sql = V::load(kShQl), iqh = V::load(kIdxQh), sqh = V::load(kShQh);
-        const I lo4 = V::set1(0x0F0F0F0F), lo2 = V::set1(0x03030303);
-        for (int s = 0; s < 8; ++s) {
-            const I l4 = V::and_(V::srlv(V::gather(base + 4 * s, iql, n), sql), lo4);
-            const I h2 = V::and_(V::srlv(V::gather(base + 4 * s, iqh, n), sqh), lo2);
-            V::store(codes + 64 * s, V::or_(l4, V::template slli<4>(h2)));
+        const I sh = V::load(kShK4), lo = V::set1(0x0F0F0F0F);
+        for (int h = 0; h < 2; ++h) {
+            V::rows4(base + 16 * h, kIdxK4, r);
+            for (int t = 0; t < 4; ++t) V::store(codes + 64 * (4 * h + t), V::and_(V::srlv(r[t], sh), lo));
         }
-        epi_q6_k(base, n, epi);
+        const BlockQ4_K* b = reinterpret_cast<const BlockQ4_K*>(base);
+        uint64_t sc0, m0, sc1, m1;
+        k4_unpack(b[0].scales, sc0, m0);
+        k4_unpack(b[1].scales, sc1, m1);
+        V::scale_u8(sc0, sc1, V::f16(b[0].d), V::f16(b[1].d), epi);
+        V::scale_u8(m0, m1, V::f16(b[0].dmin), V::f16(b[1].dmin), epi + 16);
+    } else {  // Q6_K
+        const I sql = V::load(kShQl), sqh = V::load(kShQh), lo4 = V::set1(0x0F0F0F0F), lo2 = V::set1(0x03030303);
+        I hb[4];
+        for (int h = 0; h < 2; ++h) {
+            V::rows4(base + 16 * h, kIdxQl, r);
+            V::rows4(base + 16 * h, kIdxQh, hb);
+            for (int t = 0; t < 4; ++t) {
+                const I l4 = V::and_(V::srlv(r[t], sql), lo4);
+                const I h2 = V::and_(V::srlv(hb[t], sqh), lo2);
+                V::store(codes + 64 * (4 * h + t), V::or_(l4, V::template slli<4>(h2)));
+            }
+        }
+        const BlockQ6_K* b = reinterpret_cast<const BlockQ6_K*>(base);
+        V::scale_pairs(b[0].scales, b[1].scales, V::f16(b[0].d), V::f16(b[1].d), epi, epi + 16);
     }
+}
+
+template <class V, DType T>
+LFM2_QDOT_FN void load_group(const uint8_t* row, int64_t g, int n, uint8_t* codes, float* epi) {
+    constexpr int64_t group_bytes = T == DType::Q8_0 ? 16 * 34 : T == DType::Q6_K ? 2 * 210 : 16 * 18;
+    const uint8_t* base = row + g * group_bytes;
+    if (n == 16) return load_full_group<V, T>(base, codes, epi);
+    // The last group of a row whose width is not a multiple of 512: its spans, zero-padded.
+    alignas(64) uint8_t pad[group_bytes];
+    std::memset(pad, 0, sizeof(pad));
+    std::memcpy(pad, base, size_t(T == DType::Q8_0 ? 34 * n : T == DType::Q4_0 ? 18 * n : group_bytes / 2 * (n / 8)));
+    load_full_group<V, T>(pad, codes, epi);
 }
 
 // ----------------------------------------------------------------------------- tiles
