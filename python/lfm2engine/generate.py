@@ -204,7 +204,8 @@ def load_engine(args, comm, model_dir, inputs: dict | None = None):
 
     # every agree() below runs on every rank whatever its arguments: collectives must pair up
     agree(comm, lambda: enable_bf16_dot(args.dtype, args.device) if args.bf16_dot else None)
-    numerics = f"simd {_core.simd_level()}, bf16 dot {'on' if _core.bf16_dot() else 'off'}"
+    numerics = (f"simd {_core.simd_level()}, bf16 dot {'on' if _core.bf16_dot() else 'off'}, "
+                f"quant dot {'on' if _core.quant_dot() else 'off'}")
     t0 = time.perf_counter()
     eng = agree(comm, lambda: Engine.from_pretrained(model_dir, dtype=args.dtype, device=args.device,
                                                      num_threads=threads,
