@@ -74,17 +74,17 @@ LFM2_QDOT_FN void load_group(const uint8_t* row, int64_t g, int n, uint8_t* code
 // ----------------------------------------------------------------------------- tiles
 
 // v for the 16 spans of one group (gemm_qdot.h step 2): a0 (a1: q6_k's second halves) the
-// integer dot sums, xm the activation metadata, we the weight row's scales.
+// integer sums (already corrected for the codes' offsets), xm the activation metadata, we the weight row's scales.
 template <class V, DType T>
 LFM2_QDOT_FN typename V::F epilogue(typename V::I a0, typename V::I a1, const int32_t* xm, const float* we) {
     const typename V::F dx = V::loadf(xm);
     if constexpr (T == DType::Q8_0 || T == DType::Q4_0) {
-        return V::mul(V::mul(dx, V::loadf(we)), V::cvt(V::sub(a0, V::load(xm + 16))));
+        return V::mul(V::mul(dx, V::loadf(we)), V::cvt(a0));
     } else if constexpr (T == DType::Q4_K) {
         return V::mul(dx, V::sub(V::mul(V::loadf(we), V::cvt(a0)), V::mul(V::loadf(we + 16), V::loadf(xm + 16))));
     } else {
-        const typename V::F lo = V::mul(V::loadf(we), V::cvt(V::sub(a0, V::load(xm + 16))));
-        const typename V::F hi = V::mul(V::loadf(we + 16), V::cvt(V::sub(a1, V::load(xm + 32))));
+        const typename V::F lo = V::mul(V::loadf(we), V::cvt(a0));
+        const typename V::F hi = V::mul(V::loadf(we + 16), V::cvt(a1));
         return V::mul(dx, V::add(lo, hi));
     }
 }
@@ -102,8 +102,14 @@ LFM2_QDOT_FN void tile(const int8_t* xq, const int32_t* xm, int64_t ldq, int64_t
         for (int j = 0; j < NR; ++j) acc[i][j] = V::zerof();
     for (int64_t g = 0; g < G; ++g) {
         I a0[MR][NR], a1[MR][NR];
-        for (int i = 0; i < MR; ++i)
-            for (int j = 0; j < NR; ++j) a0[i][j] = a1[i][j] = V::zero();
+        for (int i = 0; i < MR; ++i) {  // start at the offsets' corrections (zero for q4_k)
+            const I c1 = T == DType::Q4_K ? V::zero() : V::load(xm + i * ldm + g * kMeta + 16);
+            const I c2 = T == DType::Q6_K ? V::load(xm + i * ldm + g * kMeta + 32) : V::zero();
+            for (int j = 0; j < NR; ++j) {
+                a0[i][j] = c1;
+                a1[i][j] = c2;
+            }
+        }
 #pragma GCC unroll 8
         for (int s = 0; s < 8; ++s) {
             I xv[MR];
