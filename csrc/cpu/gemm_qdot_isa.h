@@ -134,10 +134,30 @@ struct QY {
         return {_mm256_mask_i32gather_epi32(z, b, idx.a, lanes_below(n), 1),
                 _mm256_mask_i32gather_epi32(z, b, idx.b, lanes_below(n - 8), 1)};
     }
-    LFM2_QY I rows1(const uint8_t* base, const int32_t* off) { return gather(base, load(off), 16); }
+    // rows4 / rows1 as QZ's, on 8 rows per ymm: lane q of A[r] holds row 4q + r (+ 8 for .b).
+    LFM2_QY void rows_a(const uint8_t* base, const int32_t* off, __m256i* A) {
+        for (int r = 0; r < 4; ++r) {
+            const __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(base + off[r]));
+            const __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(base + off[4 + r]));
+            A[r] = _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
+        }
+    }
     LFM2_QY void rows4(const uint8_t* base, const int32_t* off, I* out) {
-        const I idx = load(off);
-        for (int t = 0; t < 4; ++t) out[t] = gather(base + 4 * t, idx, 16);
+        __m256i A[2][4];
+        rows_a(base, off, A[0]);
+        rows_a(base, off + 8, A[1]);
+        for (int h = 0; h < 2; ++h) {
+            const __m256i u0 = _mm256_unpacklo_epi32(A[h][0], A[h][1]), u1 = _mm256_unpackhi_epi32(A[h][0], A[h][1]);
+            const __m256i v0 = _mm256_unpacklo_epi32(A[h][2], A[h][3]), v1 = _mm256_unpackhi_epi32(A[h][2], A[h][3]);
+            const __m256i r[4] = {_mm256_unpacklo_epi64(u0, v0), _mm256_unpackhi_epi64(u0, v0),
+                                  _mm256_unpacklo_epi64(u1, v1), _mm256_unpackhi_epi64(u1, v1)};
+            for (int t = 0; t < 4; ++t) (h ? out[t].b : out[t].a) = r[t];
+        }
+    }
+    LFM2_QY I rows1(const uint8_t* base, const int32_t* off) {
+        I out[4];
+        rows4(base, off, out);
+        return out[0];
     }
     LFM2_QY I and_(I x, I y) { return {_mm256_and_si256(x.a, y.a), _mm256_and_si256(x.b, y.b)}; }
     LFM2_QY I or_(I x, I y) { return {_mm256_or_si256(x.a, y.a), _mm256_or_si256(x.b, y.b)}; }
