@@ -221,3 +221,25 @@ def test_reference_argument_errors(rng):
         qdot_reference(np.zeros((1, 64), np.float32), np.zeros((4, 64), np.float32))
     with pytest.raises(InputError, match="expected"):
         qdot_reference(np.zeros((1, 96), np.float32), w)
+
+
+@pytest.mark.parametrize("name", ["q8_0", "q4_k"])
+def test_moe_expert_rows_use_the_mode(level, quant_dot_on, name, rng):
+    """The experts run the same gemm: each routed row equals gemm → swiglu → gemm composed from
+    the ops, bit for bit, whatever the other rows and experts."""
+    E, D, Fe, R = 3, 256, 256, 7
+    w13 = quant.quantize(rng.standard_normal((E, 2 * Fe, D)).astype(np.float32), name)
+    w2 = quant.quantize(rng.standard_normal((E, D, Fe)).astype(np.float32), name)
+    x = rng.standard_normal((R, D)).astype(np.float32)
+    eids = np.array([0, 2, 1, 2, 0, 1, 2], np.int32)
+    out = np.full((R, D), np.nan, np.float32)
+    cpu.moe_expert_rows(out, x, eids, w13, w2)
+    for r, e in enumerate(eids):
+        h = fast_gemm(x[r:r + 1], w13[e])
+        a = np.empty((1, Fe), np.float32)
+        cpu.swiglu(a, h)
+        assert np.array_equal(out[r], fast_gemm(a, w2[e])[0]), f"row {r}"
+    _core.set_quant_dot(False)
+    exact = np.empty_like(out)
+    cpu.moe_expert_rows(exact, x, eids, w13, w2)
+    assert not np.array_equal(exact, out)
