@@ -160,8 +160,9 @@ LFM2_QDOT_FN void item(const Job& jb, int64_t m0, int64_t m1, int64_t n0, int64_
         const int nr = int(std::min<int64_t>(NR, n1 - n));
         for (int r = 0; r < nr; ++r) {
             const uint8_t* row = jb.w + (n + r) * jb.row_bytes;
-            // Stream the row NR·2 ahead into the cache: gathers alone keep too few misses in flight.
-            const char* ahead = reinterpret_cast<const char*>(row + 2 * NR * jb.row_bytes);
+            // Prefetch the next tile's rows (NR ahead). The LM head streamed from DRAM (q8_0,
+            // 2 threads): 44 GB/s; 34 GB/s without, 41 GB/s with 2·NR ahead.
+            const char* ahead = reinterpret_cast<const char*>(row + NR * jb.row_bytes);
             for (int64_t off = 0; off < jb.row_bytes; off += 64) __builtin_prefetch(ahead + off);
             for (int64_t g = 0; g < G; ++g)
                 load_group<V, T>(row, g, int(std::min<int64_t>(16, jb.spans - 16 * g)),
