@@ -2,7 +2,7 @@
 // 1. the activations are quantized once (parallel over rows) into the transposed group layout,
 //    with per (row, group) metadata: d_x, and the per-block sums the codes' offsets need;
 // 2. a parallel loop over (row chunk, weight-row block) items; in an item, each NR weight rows
-//    are regrouped (gathered into one byte per weight, 8 × 64 bytes per group of 512, and the
+//    are regrouped (one byte per weight, 8 × 64 bytes per group of 512, and the
 //    fp32 scales of the epilogue) into an L1 buffer, then every MR-row tile of the chunk runs
 //    over them: 8 integer dot steps per group, then the fp32 epilogue per (row, weight row).
 // Decode (M = 1) is then a stream over the weights with the regrouping in L1; prefill reuses
