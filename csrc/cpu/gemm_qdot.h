@@ -31,8 +31,8 @@
 // 16 blocks stored "transposed" (64-byte vector s of a group holds bytes 4s .. 4s + 3 of each of
 // its 16 blocks), so a weight row's codes, regrouped the same way (16-byte loads and in-lane
 // unpacks, one byte per weight, into an L1 buffer of NR rows), meet them in 8 vpdpbusd steps per
-// 512 weights that
-// leave block b's whole integer sum in lane b mod 16; one fp32 epilogue per 16 blocks follows.
+// 512 weights that leave block b's whole integer sum in lane b mod 16; one fp32 epilogue per 16
+// blocks follows.
 // MR activation rows × NR weight rows per tile; the NR rows are regrouped once per row chunk.
 #pragma once
 
