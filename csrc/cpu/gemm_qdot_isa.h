@@ -47,16 +47,31 @@ struct QZ {
         out[2] = _mm512_unpacklo_epi64(u1, v1);
         out[3] = _mm512_unpackhi_epi64(u1, v1);
     }
-    // Lane l = the first dword at base + off[l] (rows4's out[0] alone).
-    LFM2_QZ I rows1(const uint8_t* base, const int32_t* off) {
-        I A[4];
-        for (int r = 0; r < 4; ++r) {
-            auto row = [&](int l) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(base + off[l])); };
-            A[r] = _mm512_inserti32x4(_mm512_castsi128_si512(row(r)), row(4 + r), 1);
-            A[r] = _mm512_inserti32x4(A[r], row(8 + r), 2);
-            A[r] = _mm512_inserti32x4(A[r], row(12 + r), 3);
+    // The f16 scales of a q4_0 (stride 18) or q8_0 (stride 34) group, widened: block l's is 16-bit
+    // word stride / 2 · l of the group; vpermt2w picks them from pairs of 64-byte loads.
+    template <int stride>
+    LFM2_QZ F block_scales(const uint8_t* base) {
+        alignas(64) static constexpr int16_t idx18[2][32] = {
+            {0, 9, 18, 27, 36, 45, 54, 63},
+            {0, 0, 0, 0, 0, 0, 0, 0, 0, 9, 18, 27, 36, 45, 54, 63}};  // words 72 + 9 (l - 8) from byte 144
+        alignas(64) static constexpr int16_t idx34[4][32] = {
+            {0, 17, 34, 51},
+            {0, 0, 0, 0, 4, 21, 38, 55},                          // words 17 l - 64
+            {0, 0, 0, 0, 0, 0, 0, 0, 8, 25, 42, 59},              // - 128
+            {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 29, 46, 63}};  // - 192
+        I v;
+        if constexpr (stride == 18) {
+            const I a = _mm512_permutex2var_epi16(load(base), load(idx18[0]), load(base + 64));
+            const I b = _mm512_permutex2var_epi16(load(base + 144), load(idx18[1]), load(base + 208));
+            v = _mm512_mask_blend_epi16(0xFF00, a, b);
+        } else {
+            v = _mm512_permutex2var_epi16(load(base), load(idx34[0]), load(base + 64));
+            for (int k = 1; k < 4; ++k) {
+                const I t = _mm512_permutex2var_epi16(load(base + 128 * k), load(idx34[k]), load(base + 128 * k + 64));
+                v = _mm512_mask_blend_epi16(__mmask32(0xFu << (4 * k)), v, t);
+            }
         }
-        return _mm512_unpacklo_epi64(_mm512_unpacklo_epi32(A[0], A[1]), _mm512_unpacklo_epi32(A[2], A[3]));
+        return _mm512_cvtph_ps(_mm512_castsi512_si256(v));
     }
     LFM2_QZ I and_(I a, I b) { return _mm512_and_si512(a, b); }
     LFM2_QZ I or_(I a, I b) { return _mm512_or_si512(a, b); }
@@ -159,6 +174,14 @@ struct QY {
         rows4(base, off, out);
         return out[0];
     }
+    template <int stride>
+    LFM2_QY F block_scales(const uint8_t* base) {
+        alignas(32) static constexpr int32_t off[16] = {0,          stride,      2 * stride,  3 * stride,
+                                                        4 * stride, 5 * stride,  6 * stride,  7 * stride,
+                                                        8 * stride, 9 * stride,  10 * stride, 11 * stride,
+                                                        12 * stride, 13 * stride, 14 * stride, 15 * stride};
+        return halfs(rows1(base, off));
+    }
     LFM2_QY I and_(I x, I y) { return {_mm256_and_si256(x.a, y.a), _mm256_and_si256(x.b, y.b)}; }
     LFM2_QY I or_(I x, I y) { return {_mm256_or_si256(x.a, y.a), _mm256_or_si256(x.b, y.b)}; }
     LFM2_QY I xor_(I x, I y) { return {_mm256_xor_si256(x.a, y.a), _mm256_xor_si256(x.b, y.b)}; }
@@ -247,7 +270,16 @@ struct QS {
         for (int l = 0; l < n && l < 16; ++l) std::memcpy(&r.v[l], static_cast<const char*>(base) + idx.v[l], 4);
         return r;
     }
-    static inline I rows1(const uint8_t* base, const int32_t* off) { return gather(base, load(off), 16); }
+    template <int stride>
+    static inline F block_scales(const uint8_t* base) {
+        F r;
+        for (int l = 0; l < 16; ++l) {
+            uint16_t h;
+            std::memcpy(&h, base + stride * l, 2);
+            r.v[l] = f16_to_f32(h);
+        }
+        return r;
+    }
     static inline void rows4(const uint8_t* base, const int32_t* off, I* out) {
         for (int t = 0; t < 4; ++t)
             for (int l = 0; l < 16; ++l) std::memcpy(&out[t].v[l], base + off[l] + 4 * t, 4);

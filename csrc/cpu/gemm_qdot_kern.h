@@ -28,7 +28,7 @@ LFM2_QDOT_FN void load_full_group(const uint8_t* base, uint8_t* codes, float* ep
                 V::store(codes + 64 * (t + 4), V::and_(V::template srli<4>(r[t]), lo));
             }
         }
-        V::storef(epi, V::halfs(V::rows1(base, T == DType::Q8_0 ? kIdxQ8 : kIdxQ4)));
+        V::storef(epi, V::template block_scales<T == DType::Q8_0 ? 34 : 18>(base));
         V::storef(epi + 16, V::zerof());
     } else if constexpr (T == DType::Q4_K) {
         const I sh = V::load(kShK4), lo = V::set1(0x0F0F0F0F);
