@@ -149,7 +149,7 @@ struct QY {
         return {_mm256_mask_i32gather_epi32(z, b, idx.a, lanes_below(n), 1),
                 _mm256_mask_i32gather_epi32(z, b, idx.b, lanes_below(n - 8), 1)};
     }
-    // rows4 / rows1 as QZ's, on 8 rows per ymm: lane q of A[r] holds row 4q + r (+ 8 for .b).
+    // rows4 as QZ's, on 8 rows per ymm: lane q of A[r] holds row 4q + r (+ 8 for .b); rows1 its out[0].
     LFM2_QY void rows_a(const uint8_t* base, const int32_t* off, __m256i* A) {
         for (int r = 0; r < 4; ++r) {
             const __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(base + off[r]));
