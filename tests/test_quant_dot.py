@@ -110,12 +110,13 @@ def test_activation_quantization_errors():
 
 
 # (M, N, K): K tails (q8_0 / q4_0: a multiple of 32 only; k-quants: of 256 but not 512), N not a
-# multiple of any NR, M across the tile heights and more than one row chunk.
+# multiple of any NR, M across the tile heights.
+# K > 2048 runs in K blocks of regrouped weights (accumulators spilled between them).
 SHAPES = {
-    "q8_0": [(1, 7, 32), (5, 13, 96), (17, 33, 544), (3, 37, 1024)],
-    "q4_0": [(1, 7, 32), (5, 13, 96), (17, 33, 544), (3, 37, 1024)],
-    "q4_k": [(1, 5, 256), (6, 19, 768), (13, 35, 1792)],
-    "q6_k": [(1, 5, 256), (6, 19, 768), (13, 35, 1792)],
+    "q8_0": [(1, 7, 32), (5, 13, 96), (17, 33, 544), (3, 37, 1024), (3, 21, 2592)],
+    "q4_0": [(1, 7, 32), (5, 13, 96), (17, 33, 544), (3, 37, 1024), (3, 21, 2592)],
+    "q4_k": [(1, 5, 256), (6, 19, 768), (13, 35, 1792), (5, 17, 2816)],
+    "q6_k": [(1, 5, 256), (6, 19, 768), (13, 35, 1792), (5, 17, 2816)],
 }
 
 
@@ -165,7 +166,7 @@ def test_zero_and_non_finite_rows(quant_dot_on, name, rng):
 def test_row_batch_invariance(level, quant_dot_on, name, rng):
     """Every row is bit-identical alone, in sub-batches, reordered and at any thread count (sizes
     above the parallel threshold)."""
-    m, n, k = 37, 61, 1024 if name in ("q4_k", "q6_k") else 544
+    m, n, k = 37, 61, 2816 if name in ("q4_k", "q6_k") else 544
     x = activations(rng, m, k)
     w = weights(rng, name, n, k)
     full = fast_gemm(x, w)

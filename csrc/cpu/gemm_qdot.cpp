@@ -204,7 +204,8 @@ struct Tile<QZ> {
     static constexpr int MR = 2, NR = 8;
 };
 
-constexpr int kMaxNR = 8;  // room for NR regrouped weight rows (every Tile's NR <= it)
+constexpr int kMaxNR = 8;     // room for NR regrouped weight rows (every Tile's NR <= it)
+constexpr int64_t kKGroups = 4;  // groups of a K block of regrouped rows
 
 struct Job {
     XQ x;
@@ -232,21 +233,21 @@ namespace s {
 #undef LFM2_QDOT_FN
 
 template <DType T>
-LFM2_TARGET_QZ void item_z(const Job& jb, int64_t m0, int64_t m1, int64_t n0, int64_t n1,
-                                                    uint8_t* wc, float* we) {
-    z::item<QZ, T>(jb, m0, m1, n0, n1, wc, we);
+LFM2_TARGET_QZ void item_z(const Job& jb, int64_t m0, int64_t m1, int64_t n0, int64_t n1, uint8_t* wc, float* we,
+                           float* spill) {
+    z::item<QZ, T>(jb, m0, m1, n0, n1, wc, we, spill);
 }
 template <DType T>
-LFM2_TARGET_AVX2 void item_y(const Job& jb, int64_t m0, int64_t m1, int64_t n0, int64_t n1,
-                                                      uint8_t* wc, float* we) {
-    y::item<QY, T>(jb, m0, m1, n0, n1, wc, we);
+LFM2_TARGET_AVX2 void item_y(const Job& jb, int64_t m0, int64_t m1, int64_t n0, int64_t n1, uint8_t* wc, float* we,
+                             float* spill) {
+    y::item<QY, T>(jb, m0, m1, n0, n1, wc, we, spill);
 }
 template <DType T>
-void item_s(const Job& jb, int64_t m0, int64_t m1, int64_t n0, int64_t n1, uint8_t* wc, float* we) {
-    s::item<QS, T>(jb, m0, m1, n0, n1, wc, we);
+void item_s(const Job& jb, int64_t m0, int64_t m1, int64_t n0, int64_t n1, uint8_t* wc, float* we, float* spill) {
+    s::item<QS, T>(jb, m0, m1, n0, n1, wc, we, spill);
 }
 
-using ItemFn = void (*)(const Job&, int64_t, int64_t, int64_t, int64_t, uint8_t*, float*);
+using ItemFn = void (*)(const Job&, int64_t, int64_t, int64_t, int64_t, uint8_t*, float*, float*);
 
 template <DType T>
 ItemFn item_for(Isa isa) {
@@ -297,11 +298,12 @@ void gemm_qdot(Isa isa, const float* x, int64_t ldx, const void* w, DType wdt, i
         m_chunks * n_blocks,
         [&](int64_t it) {
             thread_local std::vector<uint8_t> wc_buf;
-            thread_local std::vector<float> we_buf;
-            uint8_t* wc = scratch(wc_buf, kMaxNR * G * kGroup);
-            float* we = scratch(we_buf, kMaxNR * G * kEpi);
+            thread_local std::vector<float> we_buf, spill_buf;
+            uint8_t* wc = scratch(wc_buf, kMaxNR * kKGroups * kGroup);
+            float* we = scratch(we_buf, kMaxNR * kKGroups * kEpi);
+            float* spill = scratch(spill_buf, rc * kMaxNR * 16);
             const int64_t m0 = it / n_blocks * rc, n0 = it % n_blocks * nb;
-            fn(jb, m0, std::min(M, m0 + rc), n0, std::min(N, n0 + nb), wc, we);
+            fn(jb, m0, std::min(M, m0 + rc), n0, std::min(N, n0 + nb), wc, we, spill);
         },
         M * N * std::max<int64_t>(K, 1), min_parallel_gemm());
     trim_scratch(q_buf);
