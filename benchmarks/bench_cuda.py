@@ -11,6 +11,9 @@ device-to-device copy bandwidth and cuBLAS GEMM (torch) for comparison.
     python benchmarks/bench_cuda.py                       # everything; writes analysis/out/bench_cuda.json
     python benchmarks/bench_cuda.py --quick               # small shapes, the built-in 'default' synthetic model
     python benchmarks/bench_cuda.py --model DIR --skip gemm,blocks
+    python benchmarks/bench_cuda.py --skip roofs,gemm,blocks --model-dtypes float32,q8_0,q4_0,q4_k
+The qgemm section times gemm and moe_experts with q8_0 / q4_0 / q4_k / q6_k weights (decode GB/s,
+prefill GFLOP/s) next to bf16 weights on the same shapes.
 The full-size model is the synthetic LFM2-8B-A1B (random weights, HF layout, 16.7 GB in bf16),
 written to the lfm2engine cache on first use unless --model is given.
 """
@@ -163,6 +166,84 @@ class Bench:
         print_table(rows, ["dtype", "T", "N", "K", "ms", "TFLOP/s", "GB/s", "%peak_flops", "%peak_bw", "torch_ms",
                            "x_vs_torch"])
 
+    # ------------------------------------------------------------------ block-quantized weights
+    def qblocks(self, qtype: str, *shape) -> np.ndarray:
+        """A block array of `qtype` with logical shape `shape` (last dim in weights): random codes,
+        small finite f16 scales (fast at lm-head sizes, unlike quantizing random floats)."""
+        from lfm2engine import quant
+
+        q = quant.QTYPES[qtype]
+        nb = int(np.prod(shape[:-1])) * (shape[-1] // q.block)
+        a = self.rng.integers(0, 256, nb * q.nbytes, dtype=np.uint8).view(q.dtype)
+        for f in ("d", "dmin"):
+            if f in q.dtype.names:
+                a[f] = self.rng.uniform(0.5, 1.0, nb).astype(np.float16) * np.float16(2 ** -9)
+        return a.reshape(shape[:-1] + (shape[-1] // q.block,))
+
+    def qgemm(self):
+        """gemm and moe_experts with q8_0 / q4_0 / q4_k / q6_k weights (dequantized in the kernels,
+        fp32 activations and accumulation) at LFM2-8B-A1B shapes: decode (T = 1, weight-bandwidth
+        bound: GB/s of block bytes) and prefill (T >= 16: GFLOP/s); bf16 weights on the same shape
+        for comparison (x_vs_bf16 = bf16 time / quantized time)."""
+        from lfm2engine import quant
+
+        a, cuda, cpu = self.a, self.cuda, self.cpu
+        shapes = [(1, 2048, 2048), (1, 6144, 2048), (1, 2048, 7168), (1, 65536, 2048), (16, 6144, 2048),
+                  (64, 2 * 1792, 2048), (512, 6144, 2048), (512, 2048, 1792), (4096, 2048, 2048)]
+        if a.quick:
+            shapes = [(1, 2048, 2048), (1, 6144, 2048), (16, 6144, 2048), (512, 2048, 2048)]
+        rows, bf16_ms = [], {}
+        for qtype in ("bfloat16",) + tuple(quant.QTYPES):
+            for t_, n, k in shapes:
+                x = self.rng.standard_normal((t_, k)).astype(np.float32)
+                if qtype == "bfloat16":
+                    from lfm2engine.checkpoint import f32_to_bf16
+
+                    w = f32_to_bf16((self.rng.standard_normal((n, k)) * 0.02).astype(np.float32))
+                else:
+                    w = self.qblocks(qtype, n, k)
+                dx, dw, do = self.T.from_numpy(x), self.T.from_numpy(w), self.T.empty((t_, n))
+                cuda.gemm(do, dx, dw)  # correctness first: a few rows against the CPU op
+                r = min(t_, 4)
+                want = np.empty((r, n), np.float32)
+                cpu.gemm(want, np.ascontiguousarray(x[:r]), w)
+                err = float(np.abs(do.to_numpy()[:r] - want).max() / max(np.abs(want).max(), 1e-30))
+                assert err < 1e-4, f"gemm {qtype} {t_}x{n}x{k}: relative error {err:.2e} vs the CPU op"
+                t = self.ours(lambda do=do, dx=dx, dw=dw: cuda.gemm(do, dx, dw))
+                flop, byts = 2 * t_ * n * k, w.nbytes + 4 * t_ * (k + n)
+                row = {"op": "gemm", "wdtype": qtype, "T": t_, "N": n, "K": k, "ms": 1e3 * t,
+                       "GFLOP/s": flop / t / 1e9, "GB/s": byts / t / 1e9,
+                       "%peak_bw": 100 * byts / t / 1e12 / self.peaks["hbm_tbps"], "rel_err_vs_cpu": err}
+                if qtype == "bfloat16":
+                    bf16_ms[(t_, n, k)] = t
+                else:
+                    row["x_vs_bf16"] = bf16_ms[(t_, n, k)] / t
+                rows.append(row)
+                dx = dw = do = None
+        # MoE experts of one layer (E = 32, top-4, D = 2048, Fe = 1792): T tokens, uniform random routing
+        e_, kk, d, fe = 32, 4, 2048, 1792
+        for qtype in quant.QTYPES:
+            w13, w2 = self.T.from_numpy(self.qblocks(qtype, e_, 2 * fe, d)), self.T.from_numpy(self.qblocks(qtype, e_, d, fe))
+            per_expert = (w13.nbytes + w2.nbytes) / e_
+            for t_ in ((1, 16) if a.quick else (1, 16, 256)):
+                ids = np.stack([self.rng.choice(e_, kk, replace=False) for _ in range(t_)]).astype(np.int32)
+                wts = self.rng.random((t_, kk), dtype=np.float32)
+                dx, dids, dwts = (self.T.from_numpy(self.rng.standard_normal((t_, d), dtype=np.float32)),
+                                  self.T.from_numpy(ids), self.T.from_numpy(wts))
+                do = self.T.empty((t_, d))
+                t = self.ours(lambda do=do, dx=dx, dids=dids, dwts=dwts, w13=w13, w2=w2:
+                              cuda.moe_experts(do, dx, dids, dwts, w13, w2))
+                touched = len(np.unique(ids))
+                byts, flop = touched * per_expert, 2 * t_ * kk * 3 * fe * d
+                rows.append({"op": f"moe_experts E{e_} top{kk}", "wdtype": qtype, "T": t_, "N": d, "K": fe,
+                             "ms": 1e3 * t, "GFLOP/s": flop / t / 1e9, "GB/s": byts / t / 1e9,
+                             "%peak_bw": 100 * byts / t / 1e12 / self.peaks["hbm_tbps"]})
+            w13 = w2 = None
+            gc.collect()
+            self.cuda.empty_cache()
+        self.rows["qgemm"] = rows
+        print_table(rows, ["op", "wdtype", "T", "N", "K", "ms", "GFLOP/s", "GB/s", "%peak_bw", "x_vs_bf16"])
+
     # ------------------------------------------------------------------ blocks at the course shape
     def blocks(self):
         """One conv / attention / MoE / dense block (norm, operator, residual) of LFM2-8B-A1B with
@@ -244,7 +325,7 @@ class Bench:
         path = a.model or default_model_dir("default" if a.quick else "full")
         rows, logits_ref = [], {}
         batches, plen = ((1, 16) if a.quick else (1, 16, 64)), a.prompt_len
-        for dt in ("float32", "float16"):
+        for dt in a.model_dtypes.split(","):
             t0 = time.time()
             eng = Engine.from_pretrained(path, dt, device="cuda", verbose=True)
             load_s = time.time() - t0
@@ -271,7 +352,7 @@ class Bench:
                 for _ in range(a.decode_steps):
                     st.decode([3] * b)
                 t = (time.perf_counter() - s) / a.decode_steps
-                gbs = active_weight_bytes(cfg, 4 if dt == "float32" else 2, b) / t / 1e9
+                gbs = active_weight_bytes(cfg, weight_bytes(dt), b) / t / 1e9
                 rows.append({"case": f"decode b{b} (logits to host)", "dtype": dt, "tokens/s": b / t, "ms": 1e3 * t,
                              "GB/s": gbs, "%peak_bw": 100 * gbs / 1e3 / self.peaks["hbm_tbps"]})
                 s = time.perf_counter()
@@ -282,8 +363,10 @@ class Bench:
             eng = None  # free the GPU before the next dtype / transformers
             gc.collect()
             self.cuda.empty_cache()
-        top1 = float((logits_ref["float32"].argmax(-1) == logits_ref["float16"].argmax(-1)).mean())
-        rows.append({"case": "fp16 vs fp32 top-1 agreement", "dtype": "-", "value": top1})
+        for dt, ref in logits_ref.items():
+            if dt != "float32" and "float32" in logits_ref:
+                top1 = float((logits_ref["float32"].argmax(-1) == ref.argmax(-1)).mean())
+                rows.append({"case": f"{dt} vs float32 top-1 agreement", "dtype": "-", "value": top1})
         if self.torch:
             theirs = self.model_torch(path, prompts, logits_ref, batches, plen)
             ours = {(r["case"], r["dtype"]): r for r in rows}
@@ -306,7 +389,7 @@ class Bench:
         except ImportError:
             return [{"case": "transformers not installed: no model comparison"}]
         rows = []
-        for dt in ("float32", "float16"):
+        for dt in [d for d in logits_ref if d in ("float32", "float16")]:
             tdt = torch.float32 if dt == "float32" else torch.float16
             try:
                 m = AutoModelForCausalLM.from_pretrained(path, dtype=tdt).cuda().eval()
@@ -343,11 +426,23 @@ class Bench:
         return rows
 
 
+def weight_bytes(dtype: str) -> float:
+    """Bytes per weight of an engine dtype (block types: block bytes / block weights)."""
+    from lfm2engine import quant
+
+    if dtype in quant.QTYPES:
+        return quant.QTYPES[dtype].nbytes / quant.QTYPES[dtype].block
+    return {"float32": 4, "float16": 2, "bfloat16": 2}[dtype]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="checkpoint dir (default: synthetic 'full', or 'default' with --quick)")
     ap.add_argument("--quick", action="store_true", help="small shapes and the small synthetic model")
-    ap.add_argument("--skip", default="", help="comma list of sections to skip: roofs,gemm,blocks,model")
+    ap.add_argument("--skip", default="", help="comma list of sections to skip: roofs,gemm,qgemm,blocks,model")
+    ap.add_argument("--model-dtypes", default="float32,float16",
+                    help="engine dtypes of the model section, e.g. float32,float16,q8_0,q4_0 (quantized ones need "
+                         "Engine.from_pretrained(dtype=...) to accept them)")
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--prompt-len", type=int, default=16, help="the course shape: sequences of length 16")
     ap.add_argument("--decode-steps", type=int, default=32)
@@ -364,7 +459,7 @@ def main(argv=None):
     if "roofs" not in skip:
         out["measured_roofs"] = b.roofs()
         print(f"measured in this run: {out['measured_roofs']}", file=sys.stderr)
-    for section in ("gemm", "blocks", "model"):
+    for section in ("gemm", "qgemm", "blocks", "model"):
         if section not in skip:
             print(f"\n== {section}", file=sys.stderr)
             getattr(b, section)()

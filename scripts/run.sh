@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run the workload under MPI: mpirun -np ${NP:-4} python -m lfm2engine.generate "$@".
 # Flags are generate's: -v validate against answers.bin, -n N samples, -w W warm-up passes,
-# --model DIR, --plan dp|ep|tp, --dtype, --json ... (python -m lfm2engine.generate --help).
+# --model DIR or FILE.gguf, --plan dp|ep|tp, --dtype float32|bfloat16|float16|q8_0|q4_0|q4_k|auto, --json ...
+# (python -m lfm2engine.generate --help).
 # NP=1 or no mpirun found: runs without MPI.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"

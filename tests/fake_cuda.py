@@ -10,10 +10,13 @@ GPU kernels (tests/test_ops_cuda.py does that where a GPU exists).
 from __future__ import annotations
 
 import numpy as np
-
 from lfm2engine.backends import get_backend
+from lfm2engine.quant import QTYPES
 
-_DT = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16, "int32": np.int32, "uint8": np.uint8}
+# dtype names as _core.cuda.Tensor spells them; block types are lfm2engine.quant's block dtypes and keep
+# NumPy's block shape [..., K / block], as the real Tensor does
+_DT = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16, "int32": np.int32, "uint8": np.uint8,
+       **{name: q.dtype for name, q in QTYPES.items()}}
 _NAME = {np.dtype(v): k for k, v in _DT.items()}
 _capture: list | None = None  # the recording of the graph being captured
 
@@ -30,11 +33,11 @@ class Tensor:
 
     @staticmethod
     def empty(shape, dtype="float32"):
-        return Tensor(np.empty(shape, _DT[dtype]))
+        return Tensor(np.empty(shape, _dtype(dtype, shape)))
 
     @staticmethod
     def zeros(shape, dtype="float32"):
-        return Tensor(np.zeros(shape, _DT[dtype]))
+        return Tensor(np.zeros(shape, _dtype(dtype, shape)))
 
     def to_numpy(self):
         if _capture is not None:
@@ -45,8 +48,10 @@ class Tensor:
         if _capture is not None:
             raise RuntimeError("host copies are not allowed while capturing a graph")
         src = src.a if isinstance(src, Tensor) else src
-        if isinstance(src, np.ndarray) and (src.shape != self.a.shape or src.dtype != self.a.dtype):
-            raise ValueError(f"copy_: {src.dtype}{src.shape} into {self.a.dtype}{self.a.shape}")
+        if isinstance(src, np.ndarray) and src.dtype != self.a.dtype:  # the real Tensor's error types
+            raise TypeError(f"copy_: source dtype {src.dtype} differs from the tensor's {self.a.dtype}")
+        if isinstance(src, np.ndarray) and src.shape != self.a.shape:
+            raise ValueError(f"copy_: source shape {src.shape} differs from the tensor's {self.a.shape}")
         self.a[...] = src
         return self
 
@@ -74,8 +79,23 @@ class Tensor:
         return self.a.ndim
 
     @property
+    def nbytes(self):
+        return self.a.nbytes
+
+    def numel(self):
+        return self.a.size
+
+    @property
     def dtype(self):
         return _NAME[self.a.dtype]
+
+
+def _dtype(d, shape) -> np.dtype:
+    """A dtype argument of Tensor.empty / zeros: a name of _DT or a NumPy dtype (as the real binding)."""
+    dt = np.dtype(_DT[d]) if isinstance(d, str) and d in _DT else np.dtype(d)
+    if dt.names is not None and isinstance(shape, (tuple, list)) and len(shape) == 0:
+        raise ValueError(f"cuda.Tensor: a {_NAME.get(dt, dt)} tensor needs at least one dimension")
+    return dt
 
 
 class Graph:

@@ -1,7 +1,8 @@
 """MPI test worker: started by tests/test_mpi.py under `mpirun -np R`, one job per group of checks.
 
 Modes (rank 0 prints one JSON line on stdout where there is a result):
-  invariance CKPT...  every plan at this world size vs the single-rank engine (tokens, logits),
+  invariance CKPT...  (CKPT or CKPT@DTYPE: loaded with that --dtype, e.g. q4_0) every plan at this
+                      world size vs the single-rank engine (tokens, logits),
                       with uneven request splits, n < R, sequences that stop at different steps;
                       then the tagged check below
   tagged              all-to-all dispatch/combine routing checked exactly with tagged payloads
@@ -53,13 +54,22 @@ AWKWARD = dict(  # E=3 < R=4 (one rank holds no expert under EP), Fe=10 -> TP sl
     rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, use_expert_bias=True)
 
 
-def make_awkward_checkpoint(out_dir: str, seed: int = 3) -> str:
-    """A random checkpoint with sizes that do not divide by the rank counts (no torch needed)."""
+# Widths that split into 32-weight blocks (q8_0, q4_0), also the TP slices of Fe (128 / 4 = 32); E = 5.
+QUANT = dict(
+    model_type="lfm2_moe", vocab_size=61, hidden_size=64, num_hidden_layers=4, num_attention_heads=2,
+    num_key_value_heads=1, intermediate_size=64, moe_intermediate_size=128, num_experts=5, num_experts_per_tok=2,
+    num_dense_layers=1, layer_types=["conv", "full_attention", "conv", "full_attention"], max_position_embeddings=128,
+    rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, use_expert_bias=True)
+
+
+def make_awkward_checkpoint(out_dir: str, seed: int = 3, sizes=None) -> str:
+    """A random checkpoint with sizes that do not divide by the rank counts (no torch needed);
+    sizes: another config dict (QUANT)."""
     from lfm2engine.checkpoint import expected_tensors, save_pretrained
     from lfm2engine.config import LFM2Config
     from lfm2engine.synthetic import make_tensor
 
-    cfg = LFM2Config.from_dict(AWKWARD, source="awkward")
+    cfg = LFM2Config.from_dict(sizes or AWKWARD, source="awkward")
     specs = expected_tensors(cfg)
     save_pretrained(cfg, lambda n: make_tensor(cfg, n, specs[n], seed), out_dir)
     return out_dir
@@ -81,8 +91,9 @@ def invariance(comm, ckpts, new_tokens: int = 8) -> list[dict]:
 
     rank, size = comm.Get_rank(), comm.Get_size()
     report = []
-    for path in ckpts:
-        base = Engine.from_pretrained(path, num_threads=1, device=device())
+    for spec in ckpts:
+        path, _, dtype = spec.partition("@")
+        base = Engine.from_pretrained(path, dtype=dtype or None, num_threads=1, device=device())
         cfg = base.config
         prompts = test_prompts(cfg.vocab_size)
         few = prompts[:3]  # fewer requests than ranks at R = 4
@@ -93,7 +104,8 @@ def invariance(comm, ckpts, new_tokens: int = 8) -> list[dict]:
         base_eos = copy.copy(base)
         base_eos.config = cfg.replace(eos_token_id=ref[0][2])
         ref_eos = base_eos.generate(prompts, new_tokens, stop_at_eos=True)
-        out = {"ckpt": os.path.basename(path), "E": cfg.num_experts, "Fe": cfg.moe_intermediate_size,
+        out = {"ckpt": os.path.basename(path), "dtype": base.dtype, "E": cfg.num_experts,
+               "Fe": cfg.moe_intermediate_size,
                "R": size, "ref": ref, "ref_few": ref_few, "ref_eos": ref_eos, "plans": {}}
         full_bytes = executors.expert_bytes(base)
         for kind in KINDS:

@@ -83,3 +83,50 @@ def test_graphs_off_gives_the_same_bits(pair, rng):
         runs.append(np.stack([s.forward([0, 1], [[1], [2]]) for _ in range(4)]))
     gpu.backend.use_graphs = True
     assert np.array_equal(runs[0], runs[1])
+
+
+# ----------------------------------------------------------------------------- block-quantized weights
+
+
+@pytest.fixture(scope="module")
+def tiny_f32():
+    return Engine.from_pretrained("tiny")  # widths 128 / 384: whole q8_0 / q4_0 blocks
+
+
+@pytest.mark.parametrize("qtype", ["q8_0", "q4_0"])
+def test_quantized_weights_equal_the_cpu_engine_on_their_values(qtype, tiny_f32, rng):
+    """Block arrays travel as device tensors of their block dtype (upload, views, graph capture):
+    the emulated GPU engine on q weights gives the CPU engine's bits on the dequantized weights
+    (the CPU exact mode is the fp32 product with those values)."""
+    from quant_engine import engine_pair
+
+    gpu, cpu = engine_pair(tiny_f32, qtype, CudaBackend(fake_cuda))
+    assert gpu.w.embed.dtype == qtype and gpu.w.layers[0].in_proj.dtype == qtype
+    assert gpu.w.embed.shape == (tiny_f32.config.vocab_size, tiny_f32.config.hidden_size // 32)
+    assert cpu.w.embed.dtype == np.float32
+    prompts = prompts_for(cpu.config, rng)
+    assert np.array_equal(gpu.logits(prompts), cpu.logits(prompts))
+    assert gpu.generate(prompts, max_new_tokens=5) == cpu.generate(prompts, max_new_tokens=5)
+    sg, sc = gpu.session(2, 32), cpu.session(2, 32)
+    sg.prefill(prompts[:2])
+    sc.prefill(prompts[:2])
+    for step in range(3):  # eager, capture, replay
+        toks = [[step + 4], [step + 9]]
+        assert np.array_equal(sg.forward([0, 1], toks), sc.forward([0, 1], toks)), f"step {step}"
+    assert sg.backend_cache["graphs"][2][0].ready
+
+
+@pytest.mark.parametrize("qtype", ["q8_0", "q4_0", "q4_k", "q6_k"])
+def test_fake_tensor_keeps_block_arrays(qtype, rng):
+    """fake_cuda.Tensor holds block arrays as the real Tensor does: NumPy's block shape and dtype,
+    named by the type; views in blocks; empty/zeros by name."""
+    from lfm2engine import quant
+
+    q = quant.quantize(rng.standard_normal((3, 2048), dtype=np.float32), qtype)
+    t = fake_cuda.Tensor.from_numpy(q)
+    assert t.dtype == qtype and t.shape == q.shape and t[1].shape == q.shape[1:]
+    assert t.to_numpy().tobytes() == q.tobytes()
+    z = fake_cuda.Tensor.zeros((2, 4), qtype)
+    assert z.dtype == qtype and z.shape == (2, 4) and not z.to_numpy().tobytes().strip(b"\0")
+    z.copy_(q[:2, :4].copy())
+    assert z.to_numpy().tobytes() == q[:2, :4].tobytes()

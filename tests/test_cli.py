@@ -56,3 +56,23 @@ def test_resolve_prompt_text_through_the_tokenizer(tmp_path):
     assert resolve_prompt("w5", None, str(tmp_path), None).ids == [5]  # no BOS in the config: none added
     with pytest.raises(InputError, match="--prompt is empty"):
         resolve_prompt("", None, str(tmp_path), 1)
+
+
+@pytest.mark.parametrize("module", ["lfm2engine.generate", "lfm2engine.perplexity", "lfm2engine.specdecode.command",
+                                    "lfm2engine.serve.__main__"])
+def test_every_command_line_takes_the_same_dtypes(module, capsys):
+    """One --dtype (cli.add_dtype_flag): the float types, the block types and auto; default None
+    (float32 for a checkpoint directory, auto for a GGUF file); anything else exits 2 naming the choices."""
+    import importlib
+
+    from lfm2engine.weights import DTYPES
+
+    parser = importlib.import_module(module).build_parser()
+    assert DTYPES == ("float32", "bfloat16", "float16", "q8_0", "q4_0", "q4_k", "auto")
+    extra = ["--model", "x", "--text", "t"] if module.endswith("perplexity") else []
+    for d in DTYPES:
+        assert parser.parse_args(["--dtype", d, *extra]).dtype == d
+    assert parser.parse_args(extra).dtype is None
+    with pytest.raises(SystemExit) as e:
+        parser.parse_args(["--dtype", "q5_k", *extra])
+    assert e.value.code == 2 and "invalid choice: 'q5_k'" in capsys.readouterr().err

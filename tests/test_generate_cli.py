@@ -143,3 +143,31 @@ def test_workload_tool_roundtrip(cache, tmp_path, hf_ckpt):
     r = run(["--model", hf_ckpt("moe_c"), "--inputs", str(tmp_path / "inputs.bin"), "--answers",
              str(tmp_path / "answers.bin"), "-v", "--outputs", str(tmp_path / "o.bin")], cache)
     assert r.returncode == 0 and "VALID" in r.stdout
+
+
+def test_quantized_dtype_end_to_end_is_judged_honestly(cache, tmp_path):
+    """--dtype q4_0 on the built-in model: the logits are the q4_0 engine's, bit for bit; -v judges them
+    against the reference on the dequantized q4_0 weights (VALID) and reports, unjudged, how far they
+    are from the float model's answers (the quantization error: never called VALID)."""
+    from lfm2engine import Engine
+
+    out = tmp_path / "q.bin"
+    r = run(["-v", "-n", "4", "--dtype", "q4_0", "--outputs", str(out), "--json"], cache)
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout.strip().splitlines()[-1])
+    assert s["dtype"] == "q4_0" and s["validation"]["valid"]
+    f = s["validation"]["float_answers"]
+    assert f["mismatches"] > 0 and f["max_abs_error"] > 1e-3  # the quantization error is reported, not hidden
+    assert "q4_0: against the float model's answers (the quantization error, not judged): top-1 agreement" in r.stderr
+    assert "VALID: top-1 accuracy 100.0%" in r.stderr
+    ids = read_inputs(os.path.join(str(cache), *_default_answers(cache)).replace("answers.bin", "inputs.bin"))
+    want = Engine.from_pretrained(s["model"], dtype="q4_0").logits(list(ids[:4]))
+    np.testing.assert_array_equal(read_logits(str(out)), want)
+
+
+def test_quantized_dtype_refused_where_widths_do_not_split(cache):
+    r = run(["--dtype", "q4_k", "--prompt-ids", "1,2"], cache)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if "Error" in ln]
+    assert len(lines) == 1 and "InputError: dtype q4_k: rows must split into whole blocks of 256 weights" in lines[0]
+    assert "experts.0.w2.weight [256, 128]" in lines[0]

@@ -132,6 +132,22 @@ def test_all_to_all_routes_tagged_payloads_exactly(invariance, world):
     assert res["ranks"] == world and len(res["result"]["tagged"]) == 4 and sum(res["result"]["tagged"]) > 0
 
 
+def test_quantized_engines_give_the_same_bytes_on_2_ranks_as_on_one(tmp_path_factory):
+    """q8_0 and q4_0 (quantized on load): dp and ep give the single-rank engine's tokens and logits
+    bit for bit; tp gives its 1-rank logits bit for bit (block arrays sliced on block edges)."""
+    src = mpi_worker.make_awkward_checkpoint(str(tmp_path_factory.mktemp("quant")), sizes=mpi_worker.QUANT)
+    specs = [f"{src}@q8_0", f"{src}@q4_0"]
+    one, two = (result_of(mpirun((w, ["invariance", *specs]))[0])["result"]["checkpoints"] for w in (1, 2))
+    assert [ck["dtype"] for ck in two] == ["q8_0", "q4_0"]
+    for a, b in zip(one, two):
+        for kind in ("dp", "ep", "tp"):
+            p = b["plans"][kind]
+            assert p["tokens"] == b["ref"] == a["ref"] and p["tokens_few"] == b["ref_few"], (b["dtype"], kind)
+            if kind != "tp":
+                assert p["logits_equal_ref"], (b["dtype"], kind, p["logits_max_diff"])
+        assert b["plans"]["tp"]["logits_hash"] == a["plans"]["tp"]["logits_hash"], b["dtype"]
+
+
 # ---------------------------------------------------------------------------------------- CLI
 @pytest.fixture(scope="module")
 def cli_job(ckpts, tmp_path_factory):

@@ -9,14 +9,20 @@ the same fp16-rounded activations (fp32 tolerances), and with unrounded activati
 one f16 rounding per term predicts (F16_ACTIVATIONS). Outputs start as NaN, so a call that writes
 nothing cannot pass on a previous result. Exact ops (embedding, kv_write, shortconv, argmax,
 convert, route ids) are compared bit for bit. Device-side index errors surface as IndexError at
-the next synchronization. Skipped only where no GPU exists.
+the next synchronization. Block-quantized weights (q8_0, q4_0, q4_k, q6_k) are compared with the
+CPU op on the same block arrays (the fp32 product with their dequantized values) at fp32
+tolerances; their kernels' code is also checked on the CPU by test_cuda_kernels_host.py.
+Skipped only where no GPU exists.
 """
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 from helpers import as_weight, assert_close, cuda_missing, import_core
+from lfm2engine import quant
 from lfm2engine.backends import cases
 from lfm2engine.backends.cases import WDTYPES, i32, rand
 
@@ -209,6 +215,173 @@ def test_gemm_rows_consistent_across_batches(wdtype, rng):
         part = cuda.Tensor.empty((hi - lo, n))
         cuda.gemm(part, dev(x[lo:hi]), w)
         assert_close(host(part), full[lo:hi], k=k, factor=8.0, name=f"rows {lo}:{hi}")
+
+
+# ----------------------------------------------------------------------------- block-quantized weights
+# q8_0 / q4_0 / q4_k / q6_k weights are dequantized in the kernels to exactly lfm2engine.quant's
+# values (core/quant.h), with fp32 activations and accumulation: the CPU op on the same block
+# arrays (the fp32 product with those values, bit for bit) within fp32 rounding over K terms.
+# T = 1 and 7 take the skinny kind (4-row and 16-row register sets), 64 and 512 the tiled kinds;
+# K = an odd number of blocks leaves a tail of the skinny kind's 256-weight lane stride.
+
+QTYPES = tuple(quant.QTYPES)
+
+
+def qweight(rng, n, k, qtype, scale=0.02):
+    return quant.quantize(rand(rng, n, k, scale=scale), qtype)
+
+
+def q_shapes(qtype):
+    b = quant.QTYPES[qtype].block
+    return [(37, 3 * b), (130, 9 * b), (16, b)] + ([(45, 1056)] if b == 32 else [])  # (N, K)
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+def test_tensor_block_arrays(qtype, rng):
+    q = qweight(rng, 5, 1024, qtype)
+    raw = rng.integers(0, 256, q.nbytes, dtype=np.uint8).view(q.dtype).reshape(q.shape)  # any bits, NaN scales too
+    for a in (q, raw):
+        t = dev(a)
+        assert t.shape == a.shape and t.dtype == qtype and t.nbytes == a.nbytes and t.numel() == a.size
+        b = host(t)
+        assert b.dtype == a.dtype and b.shape == a.shape and b.tobytes() == a.tobytes()
+    t = dev(q)
+    assert host(t[3]).tobytes() == q[3].tobytes() and host(t[1:4]).tobytes() == q[1:4].tobytes()
+    assert host(t.reshape(-1)).tobytes() == q.tobytes()
+    e = cuda.Tensor.zeros((2, 3), qtype)
+    assert e.dtype == qtype and e.shape == (2, 3) and e.nbytes == 6 * quant.QTYPES[qtype].nbytes
+    assert not host(e).tobytes().strip(b"\0")
+    e.copy_(q[:2, :3].copy())
+    assert host(e).tobytes() == q[:2, :3].tobytes()
+    assert cuda.Tensor.empty(4, quant.QTYPES[qtype].dtype).dtype == qtype
+    with pytest.raises(ValueError, match="at least one dimension"):
+        cuda.Tensor.empty((), qtype)
+    with pytest.raises(TypeError, match="differs"):
+        e.copy_(np.zeros((2, 3), np.float32))
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+@pytest.mark.parametrize("t", [1, 7, 64, 512])
+def test_gemm_quantized(qtype, t, rng):
+    for n, k in q_shapes(qtype):
+        x, w = rand(rng, t, k), qweight(rng, n, k, qtype)
+        want = np.empty((t, n), np.float32)
+        cpu.gemm(want, x, w)
+        out = dev(np.full((t, n), np.nan, np.float32))
+        cuda.gemm(out, dev(x), dev(w))
+        assert_close(host(out), want, k=k, factor=8.0, name=f"cuda gemm {qtype} {t}x{n}x{k}")
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+@pytest.mark.parametrize("t,n,k", [(1, F, D), (1, D, FE), (3, D, F), (16, 2 * FE, D), (17, D, FE), (300, D, D),
+                                   (512, 3 * D, D)])
+def test_gemm_quantized_real_shapes(qtype, t, n, k, rng):
+    x, w = rand(rng, t, k), qweight(rng, n, k, qtype)
+    want = np.empty((t, n), np.float32)
+    cpu.gemm(want, x, quant.dequantize(w))  # the definition: fp32 weights with the block values
+    out = dev(np.full((t, n), np.nan, np.float32))
+    cuda.gemm(out, dev(x), dev(w))
+    assert_close(host(out), want, k=k, factor=8.0, name=f"cuda gemm {qtype} real {t}x{n}x{k}")
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+def test_gemm_quantized_unaligned_activations(qtype, rng):
+    """x rows that do not start on 16 bytes (a view at an odd float offset) take the scalar loads."""
+    t, n, k = 3, 40, 2 * quant.QTYPES[qtype].block
+    x, w = rand(rng, t, k), qweight(rng, n, k, qtype)
+    flat = dev(np.concatenate([np.zeros(1, np.float32), x.reshape(-1)]))
+    want = np.empty((t, n), np.float32)
+    cpu.gemm(want, x, w)
+    out = dev(np.full((t, n), np.nan, np.float32))
+    cuda.gemm(out, flat[1:].reshape(t, k), dev(w))
+    assert_close(host(out), want, k=k, factor=8.0, name=f"cuda gemm {qtype} unaligned x")
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+def test_gemm_quantized_rows_consistent_across_batches(qtype, rng):
+    m, n, k = 70, 96, 512
+    x, w = rand(rng, m, k), dev(qweight(rng, n, k, qtype))
+    full = cuda.Tensor.empty((m, n))
+    cuda.gemm(full, dev(x), w)
+    full = host(full)
+    for lo, hi in [(0, 1), (5, 21), (3, 67)]:
+        part = cuda.Tensor.empty((hi - lo, n))
+        cuda.gemm(part, dev(x[lo:hi]), w)
+        assert_close(host(part), full[lo:hi], k=k, factor=8.0, name=f"{qtype} rows {lo}:{hi}")
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+@pytest.mark.parametrize("v,d,t", [(97, 256, 7), (1000, D, 3)])
+def test_embedding_quantized_bit_exact(qtype, v, d, t, rng):
+    table = qweight(rng, v, d, qtype, scale=1.0)
+    ids = i32(rng.integers(0, v, t))
+    ids[-1] = ids[0]
+    want = np.empty((t, d), np.float32)
+    cpu.embedding(want, table, ids)
+    assert np.array_equal(want, quant.dequantize(table)[ids])
+    out = dev(np.full((t, d), np.nan, np.float32))
+    cuda.embedding(out, dev(table), dev(ids))
+    assert np.array_equal(host(out), want), f"embedding {qtype}"
+
+
+Q_USED = [0, 5, 9, 20, 31]
+
+
+@functools.lru_cache(maxsize=4)
+def q_experts(qtype):
+    """Real-size expert stacks of type qtype with only the Q_USED experts filled (cases.experts)."""
+    f13, f2 = cases.experts(np.random.default_rng(7), E, D, FE, "float32", Q_USED)
+    q = quant.QTYPES[qtype]
+    w13 = np.zeros(f13.shape[:2] + (D // q.block,), q.dtype)
+    w2 = np.zeros(f2.shape[:2] + (FE // q.block,), q.dtype)
+    for e in Q_USED:
+        w13[e], w2[e] = quant.quantize(f13[e], qtype), quant.quantize(f2[e], qtype)
+    return w13, w2
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+@pytest.mark.parametrize("rows", [5, 40])
+def test_moe_expert_rows_quantized_real_shapes(qtype, rows, rng):
+    w13, w2 = q_experts(qtype)
+    x = rand(rng, rows, D)
+    eids = i32(rng.choice(np.array(Q_USED + [-1]), rows))
+    eids[:2] = [31, -1]
+    want = np.empty((rows, D), np.float32)
+    cpu.moe_expert_rows(want, x, eids, w13, w2)
+    out = dev(np.full((rows, D), np.nan, np.float32))
+    cuda.moe_expert_rows(out, dev(x), dev(eids), dev(w13), dev(w2))
+    assert_close(host(out), want, k=D + FE, factor=8.0, name=f"cuda expert rows {qtype} x{rows}")
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+@pytest.mark.parametrize("t", [1, 7, 64])
+def test_moe_experts_quantized(qtype, t, rng):
+    w13, w2 = q_experts(qtype)
+    x = rand(rng, t, D)
+    ids = i32([rng.choice(Q_USED, K, replace=False) for _ in range(t)])
+    ids[0, -1] = -1
+    wts = rng.random((t, K), dtype=np.float32)
+    want = np.empty((t, D), np.float32)
+    cpu.moe_experts(want, x, ids, wts, w13, w2)
+    out = dev(np.full((t, D), np.nan, np.float32))
+    cuda.moe_experts(out, dev(x), dev(ids), dev(wts), dev(w13), dev(w2))
+    assert_close(host(out), want, k=D + FE, factor=8.0, name=f"cuda moe_experts {qtype} T={t}")
+
+
+def test_quantized_gemm_in_a_graph(rng):
+    x, w = dev(rand(rng, 2, 512)), dev(qweight(rng, 48, 512, "q4_k"))
+    out = cuda.Tensor.empty((2, 48))
+    g = cuda.Graph()
+    g.begin()
+    cuda.gemm(out, x, w)
+    g.end()
+    for step in range(2):
+        xs = rand(rng, 2, 512)
+        x.copy_(xs)
+        g.replay()
+        want = np.empty((2, 48), np.float32)
+        cpu.gemm(want, xs, host(w))
+        assert_close(host(out), want, k=512, factor=8.0, name=f"graph step {step}")
 
 
 # ----------------------------------------------------------------------------- embedding / norms / rope
@@ -501,3 +674,26 @@ def test_engine_from_pretrained_device_cuda(hf_ckpt, rng):
     eng = Engine.from_pretrained(hf_ckpt("moe_a"), device="cuda")
     assert eng.backend.name == "cuda" and eng.device == "cuda" and not eng.backend.host_memory
     assert eng.logits([[1, 2, 3]]).shape == (1, eng.config.vocab_size)
+
+
+@pytest.mark.parametrize("qtype", ["q8_0", "q4_0"])
+def test_model_quantized_matches_cpu(qtype, rng):
+    """The shipped tiny model (widths 128 / 384) with q8_0 / q4_0 projections, embedding and tied
+    head on the GPU against the CPU engine on the dequantized weights (quant_engine.py); decode
+    steps through CUDA Graph capture and replay."""
+    from lfm2engine import Engine
+    from quant_engine import engine_pair
+
+    gpu, ref = engine_pair(Engine.from_pretrained("tiny"), qtype, "cuda")
+    assert gpu.w.embed.dtype == qtype
+    prompts = prompts_for(ref.config, rng)
+    want, got = ref.logits(prompts), gpu.logits(prompts)
+    assert np.abs(got - want).max() <= 1e-3 * max(1.0, float(np.abs(want).max()))
+    s, r = gpu.session(2, 64), ref.session(2, 64)
+    s.prefill(prompts[:2])
+    r.prefill(prompts[:2])
+    for step in range(4):  # eager, capture, replays
+        toks = [[step + 3], [step + 7]]
+        a, b = s.forward([0, 1], toks), r.forward([0, 1], toks)
+        assert np.abs(a - b).max() <= 1e-3 * max(1.0, float(np.abs(b).max())), f"step {step}"
+    assert s.backend_cache["graphs"][2][0].ready

@@ -70,6 +70,7 @@ std::shared_ptr<PyModel> make_model(py::object config, py::object weights) {
         l.ffn_norm = attr_view(lw, "ffn_norm", "ffn_norm");
         if (l.attention) {
             l.wqkv = attr_view(lw, "wqkv", "wqkv");
+            if (!lw.attr("wv").is_none()) l.wv = attr_view(lw, "wv", "wv");
             l.wo = attr_view(lw, "wo", "wo");
             l.q_norm = attr_view(lw, "q_norm", "q_norm");
             l.k_norm = attr_view(lw, "k_norm", "k_norm");

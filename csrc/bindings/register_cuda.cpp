@@ -37,10 +37,18 @@ namespace {
 // Tensor.dtype names: dtype.h's, with plain "bfloat16".
 const char* dtype_str(DType d) { return d == DType::BF16 ? "bfloat16" : dtype_name(d); }
 
-// "float32" | "float16" | "bfloat16" | "int32" | "uint8", or anything numpy.dtype() accepts
-// (uint16 means bf16 bits, bool means uint8, as everywhere in _core).
+constexpr DType kBlockTypes[] = {DType::Q8_0, DType::Q4_0, DType::Q4_K, DType::Q6_K};
+
+// "float32" | "float16" | "bfloat16" | "int32" | "uint8" | "q8_0" | "q4_0" | "q4_k" | "q6_k", or
+// anything numpy.dtype() accepts (uint16 means bf16 bits, bool means uint8, lfm2engine.quant's
+// block dtypes their block type, as everywhere in _core).
 DType parse_dtype(const py::object& obj) {
-    if (py::isinstance<py::str>(obj) && obj.cast<std::string>() == "bfloat16") return DType::BF16;
+    if (py::isinstance<py::str>(obj)) {
+        const std::string s = obj.cast<std::string>();
+        if (s == "bfloat16") return DType::BF16;
+        for (DType q : kBlockTypes)
+            if (s == dtype_name(q)) return q;
+    }
     py::dtype dt = py::dtype::from_args(obj);
     py::array probe(dt, std::vector<py::ssize_t>{0});
     return dtype_of(probe, "cuda.Tensor", "dtype");
@@ -68,6 +76,13 @@ py::dtype numpy_dtype(DType d) {
             return py::dtype::of<int32_t>();
         case DType::U8:
             return py::dtype::of<uint8_t>();
+        case DType::Q8_0:
+        case DType::Q4_0:
+        case DType::Q4_K:
+        case DType::Q6_K: {  // the block dtype of lfm2engine.quant (one element = one block)
+            py::object q = py::module_::import("lfm2engine.quant").attr("QTYPES")[py::str(dtype_name(d))];
+            return q.attr("dtype").cast<py::dtype>();
+        }
     }
     return py::dtype::of<float>();
 }
@@ -137,8 +152,10 @@ cuda::Tensor index(const cuda::Tensor& t, const py::object& key) {
 
 void register_tensor(py::module_& m) {
     py::class_<cuda::Tensor>(m, "Tensor",
-                             "A C-contiguous array in GPU memory (float32, float16, bfloat16, int32 or uint8).\n"
-                             "Views (reshape, t[i], t[a:b]) share memory; work is ordered on one stream.")
+                             "A C-contiguous array in GPU memory (float32, float16, bfloat16, int32, uint8, or a\n"
+                             "block-quantized weight type q8_0, q4_0, q4_k, q6_k with NumPy's block shape\n"
+                             "[..., K / block], as lfm2engine.quant's arrays). Views (reshape, t[i], t[a:b]) share\n"
+                             "memory; work is ordered on one stream.")
         .def_static(
             "from_numpy",
             [](const py::array& a) {
@@ -150,7 +167,7 @@ void register_tensor(py::module_& m) {
             },
             py::arg("array"),
             "A new device tensor holding a copy of `array` (float32, float16, uint16 = bf16 bits, int32,\n"
-            "uint8/bool); the dtype is kept.")
+            "uint8/bool, a block array of lfm2engine.quant); the dtype and shape are kept.")
         .def_static(
             "empty", [](const py::object& shape, const py::object& dtype) {
                 return cuda::Tensor::empty(parse_shape(shape), parse_dtype(dtype));

@@ -9,6 +9,8 @@
 #include <cstring>
 
 #include "core/threading.h"
+#include "dispatch.h"
+#include "kernels.h"
 #include "ops.h"
 
 namespace lfm2::cpu {
@@ -22,6 +24,22 @@ auto* grow(Vec& v, int64_t n) {
 
 TensorView f32_view(float* p, std::initializer_list<int64_t> shape) {
     return make_view<TensorView>(p, DType::F32, shape);
+}
+
+// qkv[T, nqkv] = h · [wqkv | wv]ᵀ: one GEMM, or, where v is stored in another type (wv), q | k and
+// v by two GEMMs writing their columns of the one buffer (as Engine.qkv_heads: gemm's values do not
+// depend on the output width, so both give the bits of the fused GEMM on the same weights).
+void qkv_gemm(float* qkv, int64_t T, int64_t nqkv, const TensorView& hv, const LayerWeightsView& lw) {
+    if (!lw.wv.data) {
+        gemm(f32_view(qkv, {T, nqkv}), hv, lw.wqkv);
+        return;
+    }
+    const int64_t nv = lw.wv.size(0), nqk = nqkv - nv, D = hv.size(1);
+    check_gemm(f32_view(qkv, {T, nqk}), hv, lw.wqkv);  // the contract of each part (dtypes, shapes)
+    check_gemm(f32_view(qkv, {T, nv}), hv, lw.wv);
+    const Isa isa = active_isa();
+    gemm_raw(isa, hv.ptr<float>(), D, lw.wqkv.data, lw.wqkv.dtype, D, qkv, nqkv, T, nqk, D);
+    gemm_raw(isa, hv.ptr<float>(), D, lw.wv.data, lw.wv.dtype, D, qkv + nqk, nqkv, T, nv, D);
 }
 
 // x[i] += y[i]: one fp32 add per element, exactly numpy's in-place add.
@@ -88,7 +106,7 @@ void Model::forward(TensorView logits, ConstTensorView ids, ConstTensorView seq,
             float* qkv = grow(a_, T * nqkv);
             {
                 auto t_ = stage(kAttnQkv);
-                gemm(f32_view(qkv, {T, nqkv}), hv, lw.wqkv);
+                qkv_gemm(qkv, T, nqkv, hv, lw);
             }
             float* q = grow(q_, T * nq);
             float* k = grow(k_, T * nkv);

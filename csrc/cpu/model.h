@@ -20,6 +20,7 @@ struct LayerWeightsView {
     bool attention = false, moe = false, has_expert_bias = false;
     ConstTensorView op_norm, ffn_norm;          // [D] f32
     ConstTensorView wqkv, wo, q_norm, k_norm;   // attention: [(H+2Hkv)Dh, D], [D, H Dh], [Dh], [Dh]
+    ConstTensorView wv;                         // mixed files: v apart [Hkv Dh, D], wqkv then q | k only
     ConstTensorView in_proj, conv_w, out_proj;  // conv: [3D, D], [D, L] f32, [D, D]
     ConstTensorView w13, w2;                    // dense: [2F, D], [D, F]
     ConstTensorView gate, expert_bias;          // MoE router: [E, D] f32, [E] f32

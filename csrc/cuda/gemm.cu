@@ -1,8 +1,10 @@
 // gemm: out[T, N] = x[T, K] · w[N, K]ᵀ on the GPU, the twin of cpu/gemm.cpp. Checks as the CPU
 // op, then picks a kernel kind by weight dtype and shape (gemm.cuh): f16 weights always take the
-// Tensor Core kinds (fp16-rounded activations, fp32 accumulation); f32 / bf16 the CUDA-core kinds.
-// Few rows (decode) -> skinny kinds that stream the weights once at memory bandwidth; many rows
-// -> shared-memory tiled kinds, 128-wide tiles when they still fill the GPU twice over.
+// Tensor Core kinds (fp16-rounded activations, fp32 accumulation); f32 / bf16 the CUDA-core kinds;
+// block-quantized weights (q8_0, q4_0, q4_k, q6_k) the quantized CUDA-core kinds (dequantized in
+// the kernel, fp32 activations and accumulation: gemm_quant.cu). Few rows (decode) -> skinny
+// kinds that stream the weights once at memory bandwidth; many rows -> shared-memory tiled kinds,
+// 128-wide tiles when they still fill the GPU twice over.
 #include <algorithm>
 
 #include "gemm.cuh"
@@ -14,10 +16,12 @@ int gemm_rows_per_tile(GemmKind k) {
     switch (k) {
         case GemmKind::SimtSkinny:
         case GemmKind::TcSkinny16:
+        case GemmKind::QSkinny:
             return 16;
         case GemmKind::TcSkinny64:
         case GemmKind::SimtTile64:
         case GemmKind::TcTile64:
+        case GemmKind::QTile64:
             return 64;
         default:
             return 128;
@@ -32,6 +36,10 @@ GemmKind choose_gemm(DType wdt, int64_t rows, int64_t N, int64_t problems) {
         if (rows <= 64) return GemmKind::TcSkinny64;
         return blocks128 >= want_blocks ? GemmKind::TcTile128 : GemmKind::TcTile64;
     }
+    if (is_quantized(wdt)) {
+        if (rows <= 16) return GemmKind::QSkinny;
+        return blocks128 >= want_blocks ? GemmKind::QTile128 : GemmKind::QTile64;
+    }
     if (rows <= 16) return GemmKind::SimtSkinny;
     return blocks128 >= want_blocks ? GemmKind::SimtTile128 : GemmKind::SimtTile64;
 }
@@ -40,23 +48,34 @@ void launch_gemm(GemmKind kind, DType wdt, const GemmProblem& p, int64_t grid_y)
     if (p.N <= 0 || grid_y <= 0) return;
     const bool tc = kind == GemmKind::TcSkinny16 || kind == GemmKind::TcSkinny64 || kind == GemmKind::TcTile64 ||
                     kind == GemmKind::TcTile128;
+    const bool q = kind == GemmKind::QSkinny || kind == GemmKind::QTile64 || kind == GemmKind::QTile128;
     LFM2_CHECK(!tc || wdt == DType::F16, "gemm", "internal: Tensor Core kind chosen for ", dtype_name(wdt),
                " weights");
+    LFM2_CHECK(q == is_quantized(wdt), "gemm", "internal: kernel kind does not fit ", dtype_name(wdt), " weights");
+    auto run = [&](const GemmProblem& pp, unsigned gy) {
+        if (tc)
+            launch_gemm_tc(kind, pp, gy);
+        else if (q)
+            launch_gemm_quant(kind, wdt, pp, gy);
+        else
+            launch_gemm_simt(kind, wdt, pp, gy);
+    };
     constexpr int64_t kMaxGridY = 65535;
     if (p.sched) {
         LFM2_CHECK(grid_y <= kMaxGridY, "gemm", "too many expert tiles (", grid_y, ") for one launch");
-        tc ? launch_gemm_tc(kind, p, unsigned(grid_y)) : launch_gemm_simt(kind, wdt, p, unsigned(grid_y));
+        run(p, unsigned(grid_y));
         return;
     }
     // Plain problem: chunks of at most kMaxGridY tiles of rows.
     const int64_t bm = gemm_rows_per_tile(kind), chunk_rows = kMaxGridY * bm;
     for (int64_t m0 = 0; m0 < p.M; m0 += chunk_rows) {
-        GemmProblem q = p;
-        q.x = p.x + m0 * p.ldx;
-        q.out = p.out + m0 * p.ldo;
-        q.M = int(std::min<int64_t>(chunk_rows, p.M - m0));
-        const unsigned gy = unsigned(ceil_div<int64_t>(q.M, bm));
-        tc ? launch_gemm_tc(kind, q, gy) : launch_gemm_simt(kind, wdt, q, gy);
+        GemmProblem sub = p;
+        sub.max_rows = int(std::min<int64_t>(bm, p.M - m0));
+        sub.x = p.x + m0 * p.ldx;
+        sub.out = p.out + m0 * p.ldo;
+        sub.M = int(std::min<int64_t>(chunk_rows, p.M - m0));
+        const unsigned gy = unsigned(ceil_div<int64_t>(sub.M, bm));
+        run(sub, gy);
     }
 }
 

@@ -19,9 +19,9 @@ namespace lfm2::cuda {
 struct GemmProblem {
     const float* x = nullptr;  // [*, ldx] f32
     int64_t ldx = 0;
-    const void* w = nullptr;  // [E][N, ldw] f32 | bf16 | f16
-    int64_t ldw = 0;
-    int64_t w_estride = 0;  // elements between experts' matrices
+    const void* w = nullptr;  // [E][N, ldw] f32 | bf16 | f16 | block-quantized (quant.cuh addressing)
+    int64_t ldw = 0;          // in weights (elements), also for block types (a multiple of the block)
+    int64_t w_estride = 0;  // elements (weights) between experts' matrices
     float* out = nullptr;   // [*, ldo] f32
     int64_t ldo = 0;
     int M = 0, N = 0, K = 0;      // M: rows of a plain problem (unused with a schedule)
@@ -29,6 +29,7 @@ struct GemmProblem {
     const int* orow = nullptr;    // logical row -> out row (null: identity)
     const int4* sched = nullptr;  // tiles (e, r0, mc, 0)
     const int* n_sched = nullptr;  // number of valid tiles
+    int max_rows = 0;  // if > 0: no tile holds more rows than this (lets skinny kinds use fewer registers)
 };
 
 struct GemmTile {
@@ -67,6 +68,9 @@ enum class GemmKind {
     TcSkinny64,   // same with 64 rows per tile
     TcTile64,     // f16, 64 x 64 tiles, 4 warps of 32 x 32
     TcTile128,    // f16, 128 x 128 tiles, 8 warps of 64 x 32
+    QSkinny,      // block-quantized weights (gemm_quant.cu), 16 rows per tile, warp per 4 weight rows
+    QTile64,      // block-quantized, 64 x 64 tiles dequantized into shared memory, k tiles of 32
+    QTile128,     // block-quantized, 128 x 128 tiles
 };
 
 // Rows per tile (BM) of a kind: the schedule of a grouped GEMM must be built with it.
@@ -79,9 +83,11 @@ GemmKind choose_gemm(DType wdt, int64_t rows, int64_t N, int64_t problems);
 // Enqueue `kind` over grid_y tile slots (plain problems: ceil(M / BM), chunked if needed).
 void launch_gemm(GemmKind kind, DType wdt, const GemmProblem& p, int64_t grid_y);
 
-// The SIMT (gemm_f32.cu) and Tensor Core (gemm_f16_tc.cu) halves of launch_gemm.
+// The SIMT (gemm_f32.cu), Tensor Core (gemm_f16_tc.cu) and block-quantized (gemm_quant.cu)
+// parts of launch_gemm.
 void launch_gemm_simt(GemmKind kind, DType wdt, const GemmProblem& p, unsigned grid_y);
 void launch_gemm_tc(GemmKind kind, const GemmProblem& p, unsigned grid_y);
+void launch_gemm_quant(GemmKind kind, DType wdt, const GemmProblem& p, unsigned grid_y);
 
 // True when rows of `ld` elements of `elem` bytes starting at `ptr` allow 16-byte vector loads
 // of `vec` elements (ld and the offset multiples of vec, base aligned).

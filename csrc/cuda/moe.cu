@@ -195,6 +195,7 @@ void expert_pairs(const char* op, int err_code, const float* x, const int32_t* e
     p1.xrow = plan.xsrc;
     p1.sched = plan.sched1;
     p1.n_sched = plan.counts;
+    p1.max_rows = int(std::min<int64_t>(N, bm1));
     launch_gemm(k1, ew.dt13, p1, y1);
     // Rows past the valid count hold garbage that nothing reads.
     swiglu_raw(static_cast<float*>(a.data()), static_cast<const float*>(h.data()), N, Fe);
@@ -211,6 +212,7 @@ void expert_pairs(const char* op, int err_code, const float* x, const int32_t* e
     p2.orow = plan.order;
     p2.sched = plan.sched2;
     p2.n_sched = plan.counts + 1;
+    p2.max_rows = int(std::min<int64_t>(N, bm2));
     if (Fe == 0) {
         CUDA_CHECK(cudaMemsetAsync(out, 0, size_t(N * D) * sizeof(float), stream()));
         return;

@@ -10,6 +10,9 @@
 // moe_route E <= 2048; moe_expert_rows / moe_experts E <= 4096; shortconv L <= 64.
 //
 // Precision: f32 and bf16 weights run on CUDA cores with fp32 arithmetic (bf16 widened exactly);
+// block-quantized weights (q8_0, q4_0, q4_k, q6_k: gemm, embedding, expert stacks) also run on
+// CUDA cores, dequantized in the kernel to exactly core/quant.h's values, with fp32 activations
+// and accumulation (the exact numerics mode; no quantized-activation mode, no Tensor Cores);
 // f16 weights select the Tensor Core path (mma.sync m16n8k16, fp32 accumulation) with the f32
 // activations rounded to f16 per GEMM. Results match the CPU op within fp32 rounding (f16 path:
 // exactly so on fp16-rounded activations). Unlike the CPU ops, the bits of a row may depend on

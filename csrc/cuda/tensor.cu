@@ -194,6 +194,8 @@ Storage::~Storage() {
 
 Tensor Tensor::empty(const std::vector<int64_t>& shape, DType dtype) {
     LFM2_CHECK(int(shape.size()) <= kMaxDims, "cuda.Tensor", "at most ", kMaxDims, " dimensions, got ", shape.size());
+    LFM2_CHECK(!is_quantized(dtype) || !shape.empty(), "cuda.Tensor", "a ", dtype_name(dtype),
+               " tensor needs at least one dimension (its last one counts blocks)");
     Tensor t;
     t.dtype = dtype;
     t.ndim = int(shape.size());
@@ -240,11 +242,12 @@ TensorView Tensor::view() const {
     v.data = data();
     v.dtype = dtype;
     v.ndim = ndim;
+    for (int i = 0; i < ndim; ++i) v.shape[i] = shape[i];
+    if (is_quantized(dtype) && ndim > 0) v.shape[ndim - 1] *= dtype_block(dtype);  // blocks -> weights
     int64_t st = 1;
     for (int i = ndim - 1; i >= 0; --i) {
-        v.shape[i] = shape[i];
         v.strides[i] = st;
-        st *= shape[i];
+        st *= v.shape[i];
     }
     return v;
 }
@@ -269,6 +272,7 @@ Tensor Tensor::reshape(std::vector<int64_t> want) const {
         known *= want[size_t(infer)];
     }
     LFM2_CHECK(known == numel(), op, "cannot view ", shape_str(), " (", numel(), " elements) as ", known, " elements");
+    LFM2_CHECK(!is_quantized(dtype) || !want.empty(), op, "a ", dtype_name(dtype), " tensor cannot be 0-d");
     Tensor t = *this;
     t.ndim = int(want.size());
     for (int i = 0; i < kMaxDims; ++i) t.shape[i] = i < t.ndim ? want[size_t(i)] : 0;
@@ -278,6 +282,8 @@ Tensor Tensor::reshape(std::vector<int64_t> want) const {
 Tensor Tensor::select(int64_t i) const {
     const char* op = "cuda.Tensor[index]";
     LFM2_CHECK(ndim >= 1, op, "cannot index a 0-d tensor");
+    LFM2_CHECK(!is_quantized(dtype) || ndim >= 2, op, "cannot index single blocks of a 1-d ", dtype_name(dtype),
+               " tensor (slice it instead)");
     LFM2_CHECK_INDEX(i >= 0 && i < shape[0], op, "index ", i, " is out of range for dimension 0 of size ", shape[0]);
     Tensor t = *this;
     const size_t row = nbytes() / size_t(shape[0] ? shape[0] : 1);

@@ -4,7 +4,12 @@
 // compiled only when LFM2_WITH_CUDA is defined.
 //
 // A Tensor owns (shares) a Storage block and sees it as a contiguous row-major array of one dtype
-// (f32, f16, bf16 bits, i32, u8). Views (reshape, select / slice along dim 0) share the storage.
+// (f32, f16, bf16 bits, i32, u8, or a block-quantized weight type: q8_0, q4_0, q4_k, q6_k).
+// Views (reshape, select / slice along dim 0) share the storage.
+// Block types keep NumPy's view of them (lfm2engine.quant): an element is one block, so a matrix
+// of N rows of K weights has shape [N, K / block], numel() counts blocks and nbytes() is
+// numel() · dtype_size() (the block's bytes); reshape / select / slice work in blocks. What the
+// ops see (view()) is the logical weight shape [N, K], as for a NumPy block array (numpy_view.h).
 // All work is ordered on one stream; memory freed by a Tensor returns to the cache and may be
 // reused by later work on that stream, which is safe because the stream orders the uses.
 // Single GPU: the device current when the backend first runs (device 0 unless set before).
@@ -48,11 +53,11 @@ struct Tensor {
 
     void* data() const;
     int64_t numel() const;
-    size_t nbytes() const { return size_t(numel()) * size_t(dtype_size(dtype)); }
+    size_t nbytes() const { return size_t(numel()) * size_t(dtype_size(dtype)); }  // blocks · block bytes
     std::vector<int64_t> sizes() const { return std::vector<int64_t>(shape, shape + ndim); }
     std::string shape_str() const;
 
-    TensorView view() const;  // contiguous strides over the device pointer
+    TensorView view() const;  // contiguous strides over the device pointer; logical weights for block types
     ConstTensorView cview() const { return view(); }
 
     Tensor reshape(std::vector<int64_t> shape) const;  // same numel; one -1 allowed

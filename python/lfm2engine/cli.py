@@ -3,7 +3,8 @@
 `parse_list` reads a comma-separated list of integers or numbers ("1,2,4", with ranges "1-8"),
 optionally bounded, and raises InputError messages that name the flag. `resolve_prompt` turns
 `--prompt TEXT` (through the checkpoint's tokenizer.json, BOS prepended) or `--prompt-ids 1,2,3`
-into token ids. `enable_bf16_dot` checks and applies --bf16-dot. Used by `lfm2engine.generate`,
+into token ids. `add_dtype_flag` is the one --dtype; `enable_bf16_dot` checks and applies --bf16-dot.
+Used by `lfm2engine.generate`,
 `lfm2engine.specdecode` and `lfm2engine.perplexity`.
 """
 
@@ -68,6 +69,19 @@ def _bounds(low, high) -> str:
     return f"in [{low:g}, {high:g})"
 
 
+DTYPE_HELP = ("weight storage type; compute is fp32. float32 (the default for a checkpoint directory: exact), "
+              "bfloat16, float16; q8_0, q4_0, q4_k: block-quantized on load (GGUF's layouts; rows must split into "
+              "whole blocks of 32 / 256 weights); auto: every tensor as stored (the default for a GGUF file, which "
+              "loads as auto or float32 = dequantized, never re-quantized)")
+
+
+def add_dtype_flag(ap) -> None:
+    """--dtype of every command line: weights.DTYPES, default None (float32, or auto for a GGUF file)."""
+    from .weights import DTYPES
+
+    ap.add_argument("--dtype", default=None, choices=DTYPES, help=DTYPE_HELP)
+
+
 def enable_bf16_dot(dtype: str, device: str) -> None:
     """--bf16-dot: turn on the bf16 dot mode of the CPU ops (`_core.set_bf16_dot`); InputError unless
     --dtype bfloat16 on the cpu device of a CPU with AVX512_BF16."""
@@ -81,6 +95,18 @@ def enable_bf16_dot(dtype: str, device: str) -> None:
     except ValueError as e:  # no AVX512_BF16, or a SIMD path below avx512
         raise InputError(f"--bf16-dot: {e} (SIMD path {_core.simd_level()}; CPU features: "
                          f"{', '.join(_core.cpu_features())})") from None
+
+
+def numerics() -> str:
+    """The numerics modes of the compiled ops that change results (every MPI rank must agree on
+    them, parallel.check_same_model): the SIMD path, the bf16 dot mode and, where the core has
+    it, the quantized-activation dot mode of the block types (LFM2_QUANT_DOT)."""
+    from . import _core
+
+    out = f"simd {_core.simd_level()}, bf16 dot {'on' if _core.bf16_dot() else 'off'}"
+    if hasattr(_core, "quant_dot"):
+        out += f", quant dot {'on' if _core.quant_dot() else 'off'}"
+    return out
 
 
 class Prompt(NamedTuple):

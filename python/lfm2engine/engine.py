@@ -19,12 +19,12 @@ import os
 import numpy as np
 
 from .backends import Backend, get_backend
-from .checkpoint import Checkpoint, all_finite
+from .checkpoint import all_finite, open_checkpoint
 from .config import LFM2Config
 from .errors import BackendError, CheckpointError, InputError, NumericsError
 from .models import resolve_name
 from .tree import TreePass, tree_shortconv
-from .weights import DTYPES, Weights
+from .weights import DTYPES, Weights, check_dtype, stores_own_types
 
 
 def check_prompts(cfg: LFM2Config, batch, max_new_tokens: int = 0) -> list[np.ndarray]:
@@ -58,10 +58,23 @@ def check_prompts(cfg: LFM2Config, batch, max_new_tokens: int = 0) -> list[np.nd
     return out
 
 
-def _file_ids(ck: Checkpoint) -> dict:
+def default_dtype(path) -> str:
+    """The dtype a model loads with when none is asked: float32 for a checkpoint directory (or a
+    shipped model), auto (every tensor as stored) for a file (GGUF)."""
+    return "auto" if os.path.isfile(resolve_name(path)) else "float32"
+
+
+def read_config(path) -> LFM2Config:
+    """The config of a model without loading any weight: a checkpoint directory's config.json (or a
+    shipped model's), a GGUF file's metadata."""
+    p = resolve_name(path)
+    return open_checkpoint(p).config if os.path.isfile(p) else LFM2Config.from_hf(p)
+
+
+def _file_ids(ck) -> dict:
     """(device, inode, size, mtime) of each file of a checkpoint: what a replacement or truncation changes."""
     out = {}
-    for f in sorted({r.file for r in ck.refs.values()}):
+    for f in ck.files():
         try:
             st = os.stat(f)
             out[f] = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
@@ -88,16 +101,27 @@ class Engine:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, dtype: str = "float32", device: str = "cpu",
+    def from_pretrained(cls, path: str | os.PathLike, dtype: str | None = None, device: str = "cpu",
                         num_threads: int | None = None, verbose: bool = False) -> "Engine":
-        """Load a Hugging Face LFM2 / LFM2-MoE checkpoint onto device 'cpu', 'cuda' or 'numpy'."""
-        if dtype not in DTYPES:
+        """Load a Hugging Face LFM2 / LFM2-MoE checkpoint (directory, or a shipped model's name) or a
+        GGUF file onto device 'cpu', 'cuda' or 'numpy'. dtype (weights.DTYPES): None = the default,
+        float32 for safetensors and 'auto' (every tensor as it lies) for a GGUF file."""
+        if dtype is not None and dtype not in DTYPES:
             raise InputError(f"dtype {dtype!r} is not supported; choose from {', '.join(DTYPES)}")
         backend = get_backend(device)  # no GPU, no build: fails here, before reading the checkpoint
-        if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer))
-                                        or num_threads < 1):
-            raise InputError(f"num_threads must be an integer >= 1 (or None: the default), found {num_threads!r}")
-        ck = Checkpoint(resolve_name(path))  # a directory, or a shipped model's name ("tiny")
+        _check_threads(num_threads)
+        return cls.from_checkpoint(open_checkpoint(resolve_name(path)), dtype, backend, num_threads, verbose)
+
+    @classmethod
+    def from_checkpoint(cls, ck, dtype: str | None = None, device: Backend | str = "cpu",
+                        num_threads: int | None = None, verbose: bool = False) -> "Engine":
+        """An engine on the weights of an open checkpoint (checkpoint.Checkpoint or a reader with its
+        interface: config, path, dtype_of, raw, f32, bf16, names, files, fingerprint)."""
+        if dtype is None:
+            dtype = "auto" if stores_own_types(ck) else "float32"
+        check_dtype(ck, dtype)  # unknown names, re-quantizing a GGUF file, widths not in whole blocks
+        backend = get_backend(device)
+        _check_threads(num_threads)
         if num_threads:
             backend.set_num_threads(int(num_threads))
         before = _file_ids(ck)
@@ -107,6 +131,11 @@ class Engine:
             raise CheckpointError(f"{changed[0]}: the file was replaced or changed while the engine loaded it; "
                                   "load again once it is complete")
         return cls(ck.config, w, backend, f"{ck.fingerprint()}-{w.digest}")
+
+    @property
+    def dtype_description(self) -> str:
+        """The dtype as asked, with the storage types found where they differ: "auto (q4_k, q6_k)"."""
+        return self.w.describe()
 
     def derive(self, top_k: int | None = None, skip_layers=()) -> "Engine":
         """A cheaper view sharing this engine's weights, for self-speculative drafts: fewer active
@@ -201,7 +230,7 @@ class Engine:
 
     def dense_ffn(self, i: int, h):
         lw, ops, b = self.w.layers[i], self.ops, self.backend
-        t_, f = h.shape[0], lw.w2.shape[1]
+        t_, f = h.shape[0], self.config.ffn_dim
         gu = b.empty((t_, 2 * f))
         ops.gemm(gu, h, lw.w13)  # [T, 2F] = gate | up
         a = b.empty((t_, f))
@@ -214,10 +243,7 @@ class Engine:
         """pos: cache slot of each token; rope_pos: its RoPE position (differs only inside a tree)."""
         cfg, lw, ops, b = self.config, self.w.layers[i], self.ops, self.backend
         t_, nh, nkv, dh = h.shape[0], cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        qkv = b.empty((t_, (nh + 2 * nkv) * dh))
-        ops.gemm(qkv, h, lw.wqkv)  # one GEMM for q | k | v
-        q, k, v = b.empty((t_, nh, dh)), b.empty((t_, nkv, dh)), b.empty((t_, nkv, dh))
-        ops.qkv_split(q, k, v, qkv)
+        q, k, v = self.qkv_heads(i, h)
         qn, kn = q.reshape(t_ * nh, dh), k.reshape(t_ * nkv, dh)  # per-head norms: [T, H, Dh] -> [T H, Dh]
         ops.rmsnorm(qn, qn, lw.q_norm, cfg.norm_eps)
         ops.rmsnorm(kn, kn, lw.k_norm, cfg.norm_eps)
@@ -230,6 +256,25 @@ class Engine:
         y = b.empty(h.shape)
         ops.gemm(y, o.reshape(t_, nh * dh), lw.wo)
         return y
+
+    def qkv_heads(self, i: int, h):
+        """q [T, H, Dh], k, v [T, Hkv, Dh] of layer i: one GEMM for q | k | v, then the split op; or,
+        where v is stored apart (`LayerWeights.wv`, a mixed file), one GEMM per projection written
+        straight into q, k and v (wqkv's q and k rows are views of it). Each element is computed as
+        by the single GEMM: gemm's values do not depend on the output width."""
+        cfg, lw, ops, b = self.config, self.w.layers[i], self.ops, self.backend
+        t_, nh, nkv, dh = h.shape[0], cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        q, k, v = b.empty((t_, nh, dh)), b.empty((t_, nkv, dh)), b.empty((t_, nkv, dh))
+        if lw.wv is None:
+            qkv = b.empty((t_, (nh + 2 * nkv) * dh))
+            ops.gemm(qkv, h, lw.wqkv)
+            ops.qkv_split(q, k, v, qkv)
+        else:
+            nq = nh * dh
+            ops.gemm(q.reshape(t_, nq), h, lw.wqkv[:nq])
+            ops.gemm(k.reshape(t_, nkv * dh), h, lw.wqkv[nq:])
+            ops.gemm(v.reshape(t_, nkv * dh), h, lw.wv)
+        return q, k, v
 
     def shortconv_block(self, i: int, h, st, seq, u_out=None, tree: TreePass | None = None):
         """Gated short conv; in a tree pass it runs along each node's ancestors (tree.py, host)."""
@@ -323,7 +368,13 @@ class Engine:
                             f"{' ...' if len(bad) > 8 else ''} (an activation overflowed)")
 
 
-def load_model(path, dtype: str = "float32", device: str = "cpu", **kw) -> Engine:
+def _check_threads(num_threads) -> None:
+    if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, (int, np.integer))
+                                    or num_threads < 1):
+        raise InputError(f"num_threads must be an integer >= 1 (or None: the default), found {num_threads!r}")
+
+
+def load_model(path, dtype: str | None = None, device: str = "cpu", **kw) -> Engine:
     return Engine.from_pretrained(path, dtype=dtype, device=device, **kw)
 
 

@@ -20,7 +20,8 @@ import numpy as np
 
 from . import log
 from .checkpoint import check_writable
-from .cli import at_least, enable_bf16_dot, resolve_prompt
+from .cli import add_dtype_flag, at_least, enable_bf16_dot, resolve_prompt
+from .cli import numerics as cli_numerics
 from .errors import InputError
 from .models import SHIPPED, model_dir
 from .parallel import ParallelPlan, agree, check_same_model, run_guarded
@@ -39,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="LFM2 / LFM2-MoE inference. Workload mode (default) writes last-token logits of "
                     "inputs.bin to outputs.bin; generation mode (--prompt/--prompt-ids) continues a prompt. "
                     "Run under `mpirun -np R` to split the work over R ranks.")
-    ap.add_argument("--model", help="Hugging Face checkpoint directory (config.json + *.safetensors) or a shipped "
+    ap.add_argument("--model", help="Hugging Face checkpoint directory (config.json + *.safetensors), a GGUF file "
+                                    f"(LFM2 / LFM2-MoE, e.g. a Q4_K_M build) or a shipped "
                                     f"model ({', '.join(SHIPPED)}: trained on the King James Bible, with a "
                                     "tokenizer). Default: the built-in synthetic model (see --config)")
     ap.add_argument("--config", default="default", choices=tuple(PRESETS),
@@ -52,8 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("-n", type=int, default=None, help="number of samples to run (default: all)")
     ap.add_argument("-v", "--validate", action="store_true", help="compare outputs with answers.bin: VALID/INVALID")
     ap.add_argument("-w", "--warmup", type=int, default=0, help="warm-up passes before timing (default 0)")
-    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
-                    help="weight storage dtype; compute is fp32 (default float32: exact mode)")
+    add_dtype_flag(ap)
     ap.add_argument("--bf16-dot", action="store_true",
                     help="with --dtype bfloat16 on an AVX512_BF16 CPU: round activations to bf16 and use vdpbf16ps "
                          "(faster prefill, approximate results; as LFM2_BF16_DOT=1)")
@@ -116,14 +117,21 @@ def check_args(args, rank: int) -> None:
 
 
 def resolve_model(args, comm) -> str:
-    """The checkpoint directory; the built-in synthetic one is written by rank 0 on first use
-    (agree() is the barrier before the other ranks read it)."""
-    if args.model:
-        return agree(comm, lambda: model_dir(args.model, "--model"))  # a directory, or a shipped model's name
-    from .synthetic import default_model_dir
+    """The checkpoint directory or GGUF file; the built-in synthetic one is written by rank 0 on
+    first use (agree() is the barrier before the other ranks read it). Also resolves the default
+    --dtype (float32, or auto for a GGUF file), which the ranks then compare."""
+    from .engine import default_dtype
 
-    first = comm.Get_rank() == 0
-    return agree(comm, lambda: default_model_dir(args.config, create=first, verbose=first and not args.quiet))
+    if args.model:
+        path = agree(comm, lambda: model_dir(args.model, "--model"))  # a directory, a file, or a shipped model
+    else:
+        from .synthetic import default_model_dir
+
+        first = comm.Get_rank() == 0
+        path = agree(comm, lambda: default_model_dir(args.config, create=first, verbose=first and not args.quiet))
+    if args.dtype is None:
+        args.dtype = default_dtype(path)
+    return path
 
 
 class Job:
@@ -137,14 +145,13 @@ class Job:
 def prepare(args, comm, model_dir) -> Job:
     """Read the config, the prompt (tokenizer) or the workload (inputs, -n, answers) and check the
     prompts against the config, on every rank, before any weight is loaded."""
-    from .config import LFM2Config
-    from .engine import check_prompts
+    from .engine import check_prompts, read_config
     from .workload import default_workload, read_inputs, read_logits
 
     rank = comm.Get_rank()
     # three agree() calls on every rank, whatever the mode (ranks given different modes must still
     # meet in the same collectives; check_same_model then tells them apart)
-    cfg = agree(comm, lambda: LFM2Config.from_hf(model_dir))
+    cfg = agree(comm, lambda: read_config(model_dir))
 
     def files():
         if generation_mode(args) or args.inputs is not None:
@@ -200,18 +207,16 @@ def load_engine(args, comm, model_dir, inputs: dict | None = None):
 
     plan = agree(comm, lambda: ParallelPlan(args.plan, comm.Get_size(), comm.Get_rank()))  # before loading
     threads = args.threads or default_threads(node_local(comm)[1])  # cores shared by this node's ranks
-    from . import _core
-
     # every agree() below runs on every rank whatever its arguments: collectives must pair up
     agree(comm, lambda: enable_bf16_dot(args.dtype, args.device) if args.bf16_dot else None)
-    numerics = (f"simd {_core.simd_level()}, bf16 dot {'on' if _core.bf16_dot() else 'off'}, "
-                f"quant dot {'on' if _core.quant_dot() else 'off'}")
+    numerics = cli_numerics()
     t0 = time.perf_counter()
     eng = agree(comm, lambda: Engine.from_pretrained(model_dir, dtype=args.dtype, device=args.device,
                                                      num_threads=threads,
                                                      verbose=not args.quiet and comm.Get_rank() == 0))
     log.info(f"loaded {model_dir} ({eng.config.model_type}, {eng.config.num_hidden_layers} layers, "
-             f"dtype {args.dtype}) in {time.perf_counter() - t0:.2f} s; {comm.Get_size()} rank(s) × {threads} threads")
+             f"dtype {eng.dtype_description}) in {time.perf_counter() - t0:.2f} s; {comm.Get_size()} rank(s) × "
+             f"{threads} threads")
     check_same_model(comm, eng.config.fingerprint(), eng.fingerprint, args.plan, numerics, inputs)
     eng.parallel_plan = plan
     if args.plan != "dp":  # also on 1 rank: tp's canonical slice sums give the same bits at 1, 2 and 4 ranks
@@ -239,7 +244,7 @@ def run_workload(args, comm, eng, model_dir, job: Job) -> dict:
     comm.Barrier()
     elapsed = time.perf_counter() - t0
     logits = dpl.gather_logits(comm, plan, local, n)
-    summary = {"mode": "workload", "model": model_dir, "dtype": args.dtype, "plan": args.plan, "ranks": size,
+    summary = {"mode": "workload", "model": model_dir, "dtype": eng.dtype, "plan": args.plan, "ranks": size,
                "samples": n, "seq_len": int(ids.shape[1]), "seconds": elapsed,
                "samples_per_s": n / elapsed, "prompt_tokens_per_s": n * ids.shape[1] / elapsed}
     if rank == 0:
@@ -248,20 +253,34 @@ def run_workload(args, comm, eng, model_dir, job: Job) -> dict:
         log.info(f"{n} samples × {ids.shape[1]} tokens in {elapsed:.3f} s: {n / elapsed:.2f} samples/s, "
                  f"{n * ids.shape[1] / elapsed:.1f} prompt tokens/s -> {args.outputs}")
         if ans is not None:
-            summary["validation"] = judge(args, model_dir, ids, logits, ans)
+            summary["validation"] = judge(args, model_dir, ids, logits, ans, eng.dtype)
     return summary
 
 
-def judge(args, model_dir, ids, logits, ans) -> dict:
+def judge(args, model_dir, ids, logits, ans, dtype: str = "float32") -> dict:
     """-v: every logit within 1e-3 of the answers -> VALID. Mismatching samples that a routing
     near-tie explains (workload.explain_near_ties; tried when at most 1/20 of the samples
-    mismatch) are listed apart and not judged (docs/validation.md). Prints the verdict."""
-    from .workload import explain_near_ties, mismatching_samples, validate, with_near_ties
+    mismatch) are listed apart and not judged (docs/validation.md). Prints the verdict.
+    A block type quantized on load (--dtype q8_0|q4_0|q4_k) is judged against the reference on the
+    dequantized weights (workload.quantized_answers: what the engine is defined to compute); its
+    agreement with the float answers (the quantization's error) is reported beside, not judged."""
+    from .quant import QUANT_DTYPES
+    from .workload import explain_near_ties, mismatching_samples, quantized_answers, validate, with_near_ties
 
     n = logits.shape[0]
+    out = sys.stderr if args.json else sys.stdout
+    vs_float = None
+    if dtype in QUANT_DTYPES:
+        vs_float = validate(logits, ans)
+        print(f"{dtype}: against the float model's answers (the quantization error, not judged): top-1 agreement "
+              f"{vs_float['top1_accuracy'] * 100:.1f}%, max |error| {vs_float['max_abs_error']:.2e}; judging "
+              f"against the NumPy reference on the dequantized {dtype} weights", file=out, flush=True)
+        ans = quantized_answers(model_dir, dtype, ids, verbose=not args.quiet)
     res = validate(logits, ans)
+    if vs_float is not None:
+        res["float_answers"] = {k: vs_float[k] for k in ("top1_accuracy", "max_abs_error", "mismatches")}
     bad = [] if res["valid"] else mismatching_samples(logits, ans)
-    if bad and len(bad) <= max(1, n // 20):
+    if bad and len(bad) <= max(1, n // 20) and vs_float is None:  # (near ties: on the float reference only)
         log.info(f"{len(bad)} sample(s) off by > 1e-3: checking them for MoE routing near-ties with the reference")
         res = with_near_ties(res, logits, ans, explain_near_ties(model_dir, ids, logits, bad))
     ties = res.get("near_ties", [])
@@ -279,7 +298,7 @@ def judge(args, model_dir, ids, logits, ans) -> dict:
         line += (f"\n  near-tie: sample {t['sample']}, layer {t['layer']}, token {t['token']}: expert scores "
                  f"{t['margin']:.2e} apart < float32 bound {t['bound']:.2e}; with the other expert there the "
                  "reference matches within 1e-3")
-    print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
+    print(line, file=out, flush=True)
     return res
 
 
@@ -316,7 +335,7 @@ def run_generation(args, comm, eng, model_dir, job: Job) -> dict:
     out = res[0] if rank == 0 else []
     elapsed = time.perf_counter() - t0
     comm.Barrier()
-    summary = {"mode": "generate", "model": model_dir, "dtype": args.dtype, "plan": args.plan, "ranks": size,
+    summary = {"mode": "generate", "model": model_dir, "dtype": eng.dtype, "plan": args.plan, "ranks": size,
                "prompt_ids": list(map(int, prompt)), "tokens": out, "seconds": elapsed}
     if rank == 0:
         prefill_s = (t_first[0] or time.perf_counter()) - t0

@@ -4,7 +4,7 @@
 James Bible by scripts/train_tiny.py and live in lfm2engine/data/models/ in Hugging Face layout
 (config.json, model.safetensors, tokenizer.json, tokenizer_config.json), next to the held-out text
 kjv_test.txt. Every command line (--model, --target, --draft) and Engine.from_pretrained accept
-either a checkpoint directory or one of these names; an existing directory of the same name wins.
+a checkpoint directory, a GGUF file or one of these names; an existing directory of the same name wins.
 """
 
 from __future__ import annotations
@@ -39,10 +39,17 @@ def resolve_name(path: str | os.PathLike) -> str:
 
 
 def model_dir(value: str, flag: str = "--model") -> str:
-    """A command-line model argument -> checkpoint directory: a directory as given, or a shipped name.
-    Anything else is an InputError naming the flag."""
+    """A command-line model argument -> checkpoint path: a directory as given, a file (a GGUF file;
+    its reader says what is wrong with any other file), or a shipped name. Anything else is an
+    InputError naming the flag."""
     d = resolve_name(value)
-    if not os.path.isdir(d):
-        raise InputError(f"{flag} {value}: not a directory (a checkpoint directory, or one of the shipped "
-                         f"models: {', '.join(SHIPPED)})")
+    if not (os.path.isdir(d) or os.path.isfile(d)):
+        raise InputError(f"{flag} {value}: not a directory or a file (a checkpoint directory, a GGUF file, or one "
+                         f"of the shipped models: {', '.join(SHIPPED)})")
     return d
+
+
+def side_dir(path: str) -> str:
+    """Where a model's side files lie (tokenizer.json, tokenizer_config.json): the checkpoint
+    directory itself, or the directory of a GGUF file."""
+    return path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))

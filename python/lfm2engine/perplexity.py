@@ -26,7 +26,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import log
-from .cli import at_least, enable_bf16_dot
+from .cli import add_dtype_flag, at_least, enable_bf16_dot
 from .errors import InputError
 from .models import SHIPPED, model_dir
 
@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--stride", type=int, default=None, help="window start step (default ctx / 2)")
     ap.add_argument("--no-bos", action="store_true", help="do not put BOS in front of each window")
     ap.add_argument("--max-tokens", type=int, default=None, help="score only the first N tokens of the text")
-    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    add_dtype_flag(ap)
     ap.add_argument("--bf16-dot", action="store_true",
                     help="with --dtype bfloat16 on an AVX512_BF16 CPU: bf16-rounded activations (vdpbf16ps)")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
@@ -192,12 +192,12 @@ def _main(args) -> int:
         rows = read_inputs(args.inputs)
         run = lambda progress: rows_perplexity(eng, rows, args.batch_size, progress)  # noqa: E731
         res = dict(_with_progress(run, rows.shape[0], "rows", args.quiet), inputs=args.inputs)
-    res.update(model=mdir, dtype=args.dtype, bf16_dot=bool(args.bf16_dot), seconds=time.perf_counter() - t0)
+    res.update(model=mdir, dtype=eng.dtype, bf16_dot=bool(args.bf16_dot), seconds=time.perf_counter() - t0)
     if args.json:
         print(json.dumps(res), flush=True)
     else:
         print(f"perplexity {res['perplexity']:.4f} (mean NLL {res['nll']:.5f} nats) over {res['scored']} tokens, "
-              f"{mdir}, {args.dtype}{' + bf16 dot' if args.bf16_dot else ''}", flush=True)
+              f"{mdir}, {eng.dtype_description}{' + bf16 dot' if args.bf16_dot else ''}", flush=True)
     return 0
 
 

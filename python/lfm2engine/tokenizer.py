@@ -23,6 +23,13 @@ class Tokenizer:
         except Exception as e:  # the tokenizers library raises plain Exceptions
             raise InputError(f"{path}: cannot load tokenizer ({e})") from None
 
+    @classmethod
+    def from_object(cls, tok) -> "Tokenizer":
+        """Wrap a `tokenizers.Tokenizer` built in memory (e.g. from a GGUF file's metadata)."""
+        self = cls.__new__(cls)
+        self.tok = tok
+        return self
+
     def encode(self, text: str, add_bos: int | None = None) -> list[int]:
         ids = self.tok.encode(text, add_special_tokens=False).ids
         return ([add_bos] if add_bos is not None else []) + ids
@@ -39,6 +46,12 @@ class Tokenizer:
 
 
 def load_tokenizer(model_dir: str) -> Tokenizer | None:
+    """The tokenizer of a checkpoint directory (its tokenizer.json; None without one) or of a GGUF
+    file (the tokenizer.json beside it, else one built from its metadata: checkpoint.gguf)."""
+    if os.path.isfile(model_dir):
+        from .checkpoint.gguf import load_gguf_tokenizer
+
+        return load_gguf_tokenizer(model_dir)
     p = os.path.join(model_dir, "tokenizer.json")
     return Tokenizer(p) if os.path.isfile(p) else None
 

@@ -106,9 +106,9 @@ def explain_near_ties(model_dir: str, ids: np.ndarray, outputs: np.ndarray, samp
     the other expert chosen there. When that alternative matches the output within atol for every
     logit, the sample is explained -> {sample: {layer, token, margin, bound}}; others are not."""
     from . import reference as ref
-    from .checkpoint import Checkpoint
+    from .checkpoint import open_checkpoint
 
-    ck = Checkpoint(model_dir)
+    ck = open_checkpoint(model_dir)  # a GGUF file: its dequantized weights (the exact mode's definition)
     cfg = ck.config
     if not cfg.is_moe or not samples:
         return {}
@@ -149,7 +149,7 @@ def make_workload(model_dir: str, out_dir: str, n: int = 32, seq_len: int = 16, 
                   verbose: bool = True) -> tuple[str, str]:
     """Random prompts (ids drawn from [2, V), i.e. no pad/bos) and their answers from the NumPy reference."""
     from . import reference as ref
-    from .checkpoint import Checkpoint
+    from .checkpoint import open_checkpoint
 
     if n < 1 or seq_len < 1:
         raise InputError(f"a workload needs n >= 1 and seq_len >= 1, got {n}, {seq_len}")
@@ -160,7 +160,7 @@ def make_workload(model_dir: str, out_dir: str, n: int = 32, seq_len: int = 16, 
     ip, ap = os.path.join(out_dir, "inputs.bin"), os.path.join(out_dir, "answers.bin")
     check_writable(ip, "--out")  # before the reference runs
     check_writable(ap, "--out")
-    ck = Checkpoint(model_dir)
+    ck = open_checkpoint(model_dir)  # a GGUF file: its dequantized weights (the exact mode's definition)
     cfg = ck.config
     if seq_len > cfg.max_position_embeddings:
         raise InputError(f"seq_len {seq_len} exceeds the context of {cfg.max_position_embeddings}")
@@ -175,6 +175,27 @@ def make_workload(model_dir: str, out_dir: str, n: int = 32, seq_len: int = 16, 
     write_inputs(ip, ids)
     write_logits(ap, answers)
     return ip, ap
+
+
+def quantized_answers(model_dir: str, dtype: str, ids: np.ndarray, verbose: bool = False) -> np.ndarray:
+    """Last-token logits [n, V] of the NumPy reference on the weights an engine quantized on load to
+    block type `dtype` holds (every projection quantized and dequantized; norms, conv taps and the
+    router untouched): what the exact numerics mode computes, so -v with a quantized --dtype judges
+    the engine, not the quantization (the float answers measure that)."""
+    from . import quant
+    from . import reference as ref
+    from .checkpoint import open_checkpoint
+    from .weights import is_projection
+
+    ck = open_checkpoint(model_dir)
+    w = {n: quant.dequantize(quant.quantize(ck.f32(n), dtype)) if is_projection(n) else np.asarray(ck.f32(n))
+         for n in ck.names()}
+    out = np.empty((len(ids), ck.config.vocab_size), np.float32)
+    for i in range(len(ids)):
+        out[i] = ref.forward(w, ck.config, ids[i])
+        if verbose and (i + 1) % max(1, len(ids) // 4) == 0:
+            print(f"[lfm2engine] {dtype} reference answers: {i + 1}/{len(ids)}", file=sys.stderr, flush=True)
+    return out
 
 
 def default_workload(model_dir: str, create: bool = True, verbose: bool = True) -> tuple[str, str]:

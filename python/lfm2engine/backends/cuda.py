@@ -8,7 +8,10 @@ session and replayed afterwards (LFM2_CUDA_GRAPHS=0 turns this off).
 
 Precision by weight dtype: float32 GEMMs run on CUDA cores in fp32; float16 weights run on the
 Tensor Cores (activations rounded to f16 per GEMM, fp32 accumulation); bfloat16 weights are
-widened on CUDA cores. Unlike the CPU kernels, the bits of a row may depend on how many rows
+widened on CUDA cores; block-quantized weights (q8_0, q4_0, q4_k, q6_k block arrays of
+lfm2engine.quant) are uploaded as they are (a device Tensor of the block dtype with NumPy's
+block shape [..., K / block]) and dequantized inside the kernels to exactly their fp32 values
+(fp32 activations and accumulation, CUDA cores), graph capture included. Unlike the CPU kernels, the bits of a row may depend on how many rows
 share the call (kernels are chosen by shape); values agree with the CPU within rounding.
 """
 

@@ -2,19 +2,23 @@
 
 Lets the engine's shared logic (sessions, ragged batches, trees, rollback, parallel plans) run
 and be tested without the compiled extension, and documents the contract executably. Weights
-may be f32, f16 or bf16 bits (uint16). Like the C++ kernels, every op is row-batch invariant:
+may be f32, f16, bf16 bits (uint16) or block-quantized
+(quant.py: computed with the dequantized values, the exact mode's definition). Like the C++ kernels, every op is row-batch invariant:
 gemm multiplies one row at a time (a BLAS call over several rows may pick another kernel, and
 another summation order, for another row count). Slow; never on a hot path.
 """
 
 import numpy as np
 
+from .. import quant
 from .. import reference as ref
 from ..checkpoint import bf16_to_f32
 
 
 def w_f32(a: np.ndarray) -> np.ndarray:
-    """A weight array (f32, f16 or bf16 bits) as float32."""
+    """A weight array (f32, f16, bf16 bits or a quant block array [..., K / block]) as float32 [..., K]."""
+    if quant.is_quantized(a):
+        return quant.dequantize(a)
     return bf16_to_f32(a) if a.dtype == np.uint16 else a.astype(np.float32)
 
 
@@ -93,7 +97,7 @@ def moe_route(ids_out, w_out, logits, bias, norm_topk, scale):
 
 
 def moe_expert_rows(out, x, eids, w13, w2):
-    fe = w2.shape[2]
+    fe = quant.logical_shape(w2)[2]
     out[eids < 0] = 0
     for e in np.unique(eids[eids >= 0]):  # each expert's weights converted once, its rows one at a time
         a, b = w_f32(w13[e]), w_f32(w2[e])

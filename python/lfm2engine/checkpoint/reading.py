@@ -120,6 +120,23 @@ def _why_unexpected(cfg: LFM2Config, name: str) -> str:
     return " (not in the config's manifest)"
 
 
+def read_exact(fd: int, buf: np.ndarray, start: int, end: int, file: str, name: str) -> None:
+    """Fill `buf` (C-contiguous) with the file's bytes from `start` by positioned reads; a file that
+    ends first (truncated or replaced while loading) is a CheckpointError naming tensor `name`
+    (which spans bytes start..end of `file`)."""
+    n = buf.nbytes
+    view, done = memoryview(buf).cast("B"), 0
+    while done < n:  # one read returns at most ~2 GiB on Linux
+        try:
+            got = os.preadv(fd, [view[done:]], start + done)
+        except OSError as e:
+            raise CheckpointError(f"{file}: reading tensor {name!r} failed ({e.strerror})") from None
+        if got == 0:
+            raise CheckpointError(f"{file}: the file ends inside tensor {name!r} (byte {start + done} of "
+                                  f"{start}..{end}): it was truncated or replaced while loading")
+        done += got
+
+
 class Checkpoint:
     """A validated checkpoint. `raw(name)` gives the on-disk array (bf16 as uint16 bits) in a
     buffer of its own; `f32(name)` converts to float32; `bf16(name)` gives bf16 bits (rounding
@@ -140,6 +157,10 @@ class Checkpoint:
     def dtype_of(self, name: str) -> str:
         return self.refs[name].dtype
 
+    def files(self) -> list[str]:
+        """The files the tensors are read from (what a replacement while loading would change)."""
+        return sorted({r.file for r in self.refs.values()})
+
     def _read(self, name: str, buf: np.ndarray) -> None:
         """Fill `buf` (a C-contiguous array) with the first buf.nbytes bytes of tensor `name`."""
         r = self.refs[name]
@@ -149,17 +170,7 @@ class Checkpoint:
                 fd = self._fds[r.file] = os.open(r.file, os.O_RDONLY)
             except OSError as e:
                 raise CheckpointError(f"{r.file}: cannot open ({e.strerror})") from None
-        n = buf.nbytes
-        view, done = memoryview(buf).cast("B"), 0
-        while done < n:  # one read returns at most ~2 GiB on Linux
-            try:
-                got = os.preadv(fd, [view[done:]], r.start + done)
-            except OSError as e:
-                raise CheckpointError(f"{r.file}: reading tensor {name!r} failed ({e.strerror})") from None
-            if got == 0:
-                raise CheckpointError(f"{r.file}: the file ends inside tensor {name!r} (byte {r.start + done} of "
-                                      f"{r.start}..{r.end}): it was truncated or replaced while loading")
-            done += got
+        read_exact(fd, buf, r.start, r.end, r.file, name)
 
     def raw(self, name: str) -> np.ndarray:
         """The tensor as stored, in an array that owns its memory (no further copy is needed)."""

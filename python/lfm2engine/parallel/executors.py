@@ -15,9 +15,11 @@ import time
 
 import numpy as np
 
+from .. import quant
 from ..errors import ParallelError
+from ..weights import k_slice
 from . import moe_parallel as mp
-from .plan import ParallelPlan, max_local_experts
+from .plan import ParallelPlan, ffn_slice_bounds, max_local_experts
 
 
 def _stats() -> dict:
@@ -151,6 +153,8 @@ def install(engine, plan, comm):
     if not cfg.is_moe:
         raise ParallelError(f"plan {plan.kind} shards experts, but this {cfg.model_type} model has none; "
                             "hint: use --plan dp")
+    if plan.kind == "tp":
+        check_tp_blocks(engine, plan)
     # the rank's own layer objects: the simulator installs several ranks from one loaded engine
     w = engine.w.with_layers([lw.copy() for lw in engine.w.layers])
     fe = cfg.moe_intermediate_size
@@ -165,7 +169,7 @@ def install(engine, plan, comm):
             sl = []
             for a, b in plan.ffn_slices(fe):
                 w13_s = np.concatenate([lw.ew13[:, a:b], lw.ew13[:, fe + a : fe + b]], axis=1)  # [E, 2Fs, D]
-                sl.append((np.ascontiguousarray(w13_s), np.ascontiguousarray(lw.ew2[:, :, a:b])))  # w2: [E, D, Fs]
+                sl.append((np.ascontiguousarray(w13_s), np.ascontiguousarray(k_slice(lw.ew2, a, b))))  # w2: [E, D, Fs]
             per_layer[i] = sl
         lw.ew13 = lw.ew2 = None
     engine.w = w
@@ -173,6 +177,25 @@ def install(engine, plan, comm):
     engine.moe_impl = ex
     engine.parallel_plan = plan
     return ex
+
+
+def check_tp_blocks(engine, plan: ParallelPlan) -> None:
+    """TP cuts every expert's down projection w2 [E, D, Fe] along Fe, its K axis: with block-quantized
+    experts every canonical slice bound must fall on a block edge (Fe / 4 a multiple of the block),
+    else a ParallelError naming the type and the widths (the gate | up rows are whole rows: fine)."""
+    cfg = engine.config
+    fe = cfg.moe_intermediate_size
+    for i, lw in enumerate(engine.w.layers):
+        q = quant.qtype_of(lw.ew2) if cfg.is_moe_layer(i) else None
+        if q is None:
+            continue
+        bounds = ffn_slice_bounds(fe, plan.tp_slices)
+        if any(a % q.block or b % q.block for a, b in bounds):
+            raise ParallelError(
+                f"plan tp: layer {i}'s experts are {q.name}: their down projection (w2, K = Fe = {fe}) is cut into "
+                f"{plan.tp_slices} slices of {', '.join(str(b - a) for a, b in bounds)} weights, which do not fall on "
+                f"{q.name}'s {q.block}-weight blocks (Fe / {plan.tp_slices} must be a multiple of {q.block}); "
+                "hint: use --plan ep or dp, or a dtype with smaller blocks (q8_0, q4_0: 32)")
 
 
 def sharded_copy(engine, plan, comm):

@@ -14,7 +14,7 @@ import signal
 import sys
 
 from .. import log
-from ..cli import at_least
+from ..cli import add_dtype_flag, at_least
 from ..generate import PLANS, load_engine, resolve_model
 from ..parallel import run_guarded
 
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="parallel plan over the MPI ranks: dp = a replica per rank, requests spread over them; "
                          "ep = experts sharded over ranks, requests spread; tp = every expert's FFN width sharded, "
                          "every rank runs every request (1, 2 or 4 ranks)")
-    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    add_dtype_flag(ap)
     ap.add_argument("--bf16-dot", action="store_true", help="as lfm2engine.generate --bf16-dot")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--threads", type=int, default=None, help="OpenMP threads per rank (default: cores / ranks)")

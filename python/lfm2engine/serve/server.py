@@ -13,6 +13,9 @@ import signal
 import socket
 import threading
 
+from .. import log
+from ..errors import InputError
+from ..models import side_dir
 from ..parallel.comm import SelfComm
 from ..parallel.plan import ParallelPlan
 from ..tokenizer import load_tokenizer
@@ -21,6 +24,16 @@ from .chat import ChatTemplate
 from .metrics import Metrics
 from .scheduler import Scheduler
 from .steps import StepExecutor, check_slots
+
+
+def _tokenizer(model_dir: str):
+    """The model's text tokenizer, or None: then prompts come as token ids (a GGUF file whose
+    metadata holds no tokenizer lfm2engine can build serves token ids, with a warning)."""
+    try:
+        return load_tokenizer(model_dir)
+    except InputError as e:
+        log.warning(f"no text tokenizer ({e}); the server takes prompts as token ids")
+        return None
 
 
 class Server:
@@ -35,8 +48,8 @@ class Server:
         self.metrics = Metrics()
         self.scheduler = Scheduler(executor, max_queue=max_queue, step_tokens=step_tokens, metrics=self.metrics)
         name = model_name or os.path.basename(os.path.normpath(model_dir))
-        self.state = ServerState(engine.config, name, self.scheduler, self.metrics, load_tokenizer(model_dir),
-                                 ChatTemplate.from_model_dir(model_dir), max_body_bytes)
+        self.state = ServerState(engine.config, name, self.scheduler, self.metrics, _tokenizer(model_dir),
+                                 ChatTemplate.from_model_dir(side_dir(model_dir)), max_body_bytes)
         self.app = create_app(self.state)
         self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -15,9 +15,9 @@ import time
 import numpy as np
 
 from .. import log
-from ..cli import at_least, parse_list, resolve_prompt
+from ..cli import add_dtype_flag, at_least, parse_list, resolve_prompt
 from ..errors import InputError
-from ..models import model_dir
+from ..models import model_dir, side_dir
 from .decoder import SpeculativeDecoder, check_compatible
 from .measure import forward_ms, measure
 from .selfdraft import make_self_draft
@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--self-draft", action="append", default=[], metavar="SPEC",
                     help="draft made from the target itself, items joined by '+': topk=N (fewer experts), "
                          "skip=2,5,7-9 or skip=auto:N (bypass layers; auto picks them by calibration), "
-                         f"dtype=bfloat16 (reduced-precision copy). Repeatable. Default: {DEFAULT_SELF_DRAFT}")
+                         "dtype=bfloat16 or dtype=q4_0 (reduced-precision or quantized copy). Repeatable. "
+                         f"Default: {DEFAULT_SELF_DRAFT}")
     ap.add_argument("-k", default=str(DEFAULT_K), metavar="N",
                     help=f"max draft tokens per round (default {DEFAULT_K}); a list or range sweeps: 1-8, 1,2,4")
     ap.add_argument("--threshold", default="0",
@@ -60,8 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--top-k", type=int, default=0, help="sampling: keep the k most likely tokens")
     ap.add_argument("--top-p", type=float, default=1.0, help="sampling: nucleus mass")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
-                    help="weight dtype of the target (and of --draft checkpoints)")
+    add_dtype_flag(ap)
     ap.add_argument("--threads", type=int, default=None, help="threads for the C++ ops (default: all cores)")
     ap.add_argument("--repeats", type=int, default=3,
                     help="timed runs per configuration, alternating with plain decoding; medians are reported "
@@ -80,7 +80,7 @@ def _check_args(args) -> None:
 
 
 def _same_tokenizer(target_dir: str, draft_dir: str) -> None:
-    a, b = os.path.join(target_dir, "tokenizer.json"), os.path.join(draft_dir, "tokenizer.json")
+    a, b = (os.path.join(side_dir(d), "tokenizer.json") for d in (target_dir, draft_dir))
     if os.path.isfile(a) and os.path.isfile(b):
         from ..tokenizer import Tokenizer
 
@@ -109,7 +109,7 @@ def _main(args) -> int:
     t0 = time.perf_counter()
     target = Engine.from_pretrained(tdir, dtype=args.dtype, num_threads=args.threads)
     log.info(f"target {tdir} ({target.config.model_type}, {target.config.num_hidden_layers} layers, "
-             f"V={target.config.vocab_size}, {args.dtype}) loaded in {time.perf_counter() - t0:.2f} s")
+             f"V={target.config.vocab_size}, {target.dtype_description}) loaded in {time.perf_counter() - t0:.2f} s")
     v = target.config.vocab_size
     fixed = np.random.default_rng(0).integers(min(2, v - 1), v, 16).tolist()  # without a prompt: 16 fixed ids
     prompt, tok = resolve_prompt(args.prompt, args.prompt_ids, tdir, target.config.bos_token_id, default=fixed)
@@ -148,7 +148,7 @@ def _main(args) -> int:
                  f"(plain {rep['plain_ms_per_token']:.2f}), speed-up {rep['speedup']:.2f}x{lossless}")
     best = max(runs, key=lambda r: r["speedup"])
     summary = dict(best)
-    summary.update(target=tdir, dtype=args.dtype, prompt_ids=list(map(int, prompt)),
+    summary.update(target=tdir, dtype=target.dtype, prompt_ids=list(map(int, prompt)),
                    max_new_tokens=args.max_new_tokens, target_step_ms=forward_ms(target, prompt))
     if tok is not None:
         summary["text"] = tok.decode(best["tokens"])

@@ -77,8 +77,8 @@ def make_self_draft(target, spec: str, model_dir: str | None = None, threads: in
                     verbose: bool = False):
     """A draft built from the target itself, no extra weights. spec: items joined by '+':
     topk=N (N active experts per token), skip=LIST or skip=auto:N (layers bypassed; auto:N picks
-    them by calibration), dtype=bfloat16|float16 (a second engine with reduced-precision weights,
-    loaded from model_dir). Returns (engine, canonical description)."""
+    them by calibration), dtype=bfloat16|float16|q8_0|q4_0|q4_k (a second engine with reduced-precision
+    or block-quantized weights, loaded from model_dir). Returns (engine, canonical description)."""
     from .. import Engine
     from ..weights import DTYPES
 
