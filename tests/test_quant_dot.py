@@ -244,3 +244,23 @@ def test_moe_expert_rows_use_the_mode(level, quant_dot_on, name, rng):
     exact = np.empty_like(out)
     cpu.moe_expert_rows(exact, x, eids, w13, w2)
     assert not np.array_equal(exact, out)
+
+
+@pytest.mark.parametrize("dtype", ["q8_0", "q4_k"])
+def test_whole_model_in_the_mode(dtype, tmp_path):
+    """An engine quantized on load runs in the mode: each prompt's logits are the same bits alone as
+    in a batch, they differ from the exact mode's, and the next token mostly agrees with it."""
+    from lfm2engine import Engine
+    from test_quant_engine import write_ckpt
+
+    eng = Engine.from_pretrained(write_ckpt(str(tmp_path)), dtype=dtype)
+    prompts = [[1, 2, 3, 4, 5], [7, 8, 9], [10, 11, 12, 13, 14, 15, 16], [20, 30]]
+    _core.set_quant_dot(True)
+    batch = eng.logits(prompts)
+    for i, p in enumerate(prompts):
+        assert np.array_equal(eng.logits([p])[0], batch[i]), f"prompt {i} alone differs"
+    _core.set_quant_dot(False)
+    exact = eng.logits(prompts)
+    assert not np.array_equal(exact, batch)
+    assert np.isfinite(batch).all()
+    assert (np.argmax(batch, axis=1) == np.argmax(exact, axis=1)).sum() >= len(prompts) - 1
