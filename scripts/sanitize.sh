@@ -14,7 +14,7 @@ B="$LFM2_ROOT/build/sanitize"
 # or mpirun would test the normal build there).
 FILES=(tests/test_ops_cpu.py tests/test_model_fused.py tests/test_weights_safety.py tests/test_backends.py
        tests/test_model.py tests/test_backend_cuda_emulated.py tests/test_parallel_plan.py tests/test_specdecode.py
-       tests/test_cli_errors.py tests/test_ops.py tests/test_fuzz.py tests/test_numerics_guards.py)
+       tests/test_cli_errors.py tests/test_ops.py tests/test_fuzz.py tests/test_numerics_guards.py tests/test_quant_dot.py)
 command -v cmake > /dev/null || "$PY" -m pip install -q cmake ninja
 PATH="$LFM2_VENV/bin:$PATH"
 GEN=(); command -v ninja > /dev/null && GEN=(-G Ninja)

@@ -124,3 +124,23 @@ def test_server_on_a_gguf_file_without_a_tokenizer_takes_token_ids(gguf_file, ca
             out = json.loads(r.read())
     assert out["usage"]["completion_tokens"] == 4
     assert "warning: no text tokenizer" in capsys.readouterr().err
+
+
+def test_q4_k_m_file_on_the_cuda_backend_equals_the_cpu_engine(gguf_file):
+    """The mixed file (v apart in q6_k) through the cuda backend's Python side, on the host
+    emulation of _core.cuda: eager prefill, graph capture and replay of decode steps give the CPU
+    engine's bits (Engine.qkv_heads writes q, k and v by a GEMM each; no column join is needed)."""
+    import fake_cuda
+    from lfm2engine.backends.cuda import CudaBackend
+
+    path = gguf_file("q4_k_m")
+    gpu, cpu = Engine.from_pretrained(path, device=CudaBackend(fake_cuda)), Engine.from_pretrained(path)
+    assert any(lw.wv is not None for lw in gpu.w.layers)
+    rng = np.random.default_rng(5)
+    prompts = [rng.integers(0, cpu.config.vocab_size, n).tolist() for n in (3, 8)]
+    sg, sc = gpu.session(2, 32), cpu.session(2, 32)
+    assert np.array_equal(sg.prefill(prompts), sc.prefill(prompts))
+    for step in range(4):  # step 0 eager, step 1 captures, then replays
+        toks = [[step + 1], [step + 5]]
+        assert np.array_equal(sg.forward([0, 1], toks), sc.forward([0, 1], toks)), f"step {step}"
+    assert 2 in sg.backend_cache["graphs"]

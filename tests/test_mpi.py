@@ -246,7 +246,8 @@ def test_ranks_with_different_numerics_refuse_to_start(ckpts):
     r, secs = mpirun((1, _cli(ckpts[0], bf16)), (1, _cli(ckpts[0], [*bf16, "--bf16-dot"])))
     assert r.returncode != 0 and secs < ABORT_SECONDS
     assert re.search(r"\[rank [01]/2\] ParallelError: ranks would compute different bits: numerics differs "
-                     r"\(rank 0: simd \w+, bf16 dot off, rank 1: simd \w+, bf16 dot on\)", r.stderr)
+                     r"\(rank 0: simd \w+, bf16 dot off, quant dot off, rank 1: simd \w+, bf16 dot on, quant dot off\)",
+                     r.stderr)
 
 
 def test_ranks_with_different_plans_refuse_to_start(ckpts):

@@ -175,4 +175,23 @@ void set_bf16_dot(bool on) {
     g_bf16_dot.store(on);
 }
 
+namespace {
+std::atomic<bool> g_quant_dot{[] {
+    const char* e = std::getenv("LFM2_QUANT_DOT");
+    return e && *e && std::strcmp(e, "0") != 0;
+}()};
+}  // namespace
+
+bool quant_dot() {
+    return g_quant_dot.load(std::memory_order_relaxed);
+}
+
+void set_quant_dot(bool on) {
+    g_quant_dot.store(on);
+}
+
+bool avx512_vnni_available() {
+    return features().avx512vnni && active_isa() == Isa::Avx512;
+}
+
 }  // namespace lfm2::cpu

@@ -32,6 +32,16 @@ bool bf16_dot_available();
 bool bf16_dot();
 // Throws std::invalid_argument when asked to turn it on where it is not available.
 void set_bf16_dot(bool on);
+// The opt-in fast mode for block-quantized weights (q8_0, q4_0, q4_k, q6_k): activations
+// quantized per 32-element block to int8 with an fp32 scale, integer dot products with the
+// weights' codes, fp32 scaling (gemm_qdot.h has the exact definition). Off by default;
+// LFM2_QUANT_DOT=1 at load time or set_quant_dot. Available on every CPU (scalar, AVX2 and
+// AVX-512 VNNI kernels give the same bits), so it never refuses.
+bool quant_dot();
+void set_quant_dot(bool on);
+// AVX512_VNNI (vpdpbusd) usable: the quant-dot mode's avx512 kernels need it; without it the
+// avx512 path runs the mode's avx2 kernels (same bits).
+bool avx512_vnni_available();
 
 namespace detail {
 template <template <class> class K, class... A>

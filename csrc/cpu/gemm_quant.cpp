@@ -9,12 +9,14 @@
 
 #include "core/quant.h"
 #include "gemm_blocks.h"
+#include "gemm_qdot.h"
 #include "kernels.h"
 
 namespace lfm2::cpu {
 
 void gemm_quant(Isa isa, const float* x, int64_t ldx, const void* w, DType wdt, int64_t ldw, float* out, int64_t ldo,
                 int64_t M, int64_t N, int64_t K) {
+    if (quant_dot()) return gemm_qdot(isa, x, ldx, w, wdt, ldw, out, ldo, M, N, K);  // the fast mode (gemm_qdot.h)
     const char* wb = static_cast<const char*>(w);
     const int64_t row_stride = dtype_bytes(wdt, ldw);
     const int64_t panel_rows = M <= 12 ? std::max<int64_t>(4, (32 << 10) / std::max<int64_t>(4 * K, 1) / 4 * 4) : 1 << 30;

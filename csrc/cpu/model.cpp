@@ -27,7 +27,7 @@ TensorView f32_view(float* p, std::initializer_list<int64_t> shape) {
 }
 
 // qkv[T, nqkv] = h · [wqkv | wv]ᵀ: one GEMM, or, where v is stored in another type (wv), q | k and
-// v by two GEMMs writing their columns of the one buffer (Engine.qkv_proj: gemm's values do not
+// v by two GEMMs writing their columns of the one buffer (as Engine.qkv_heads: gemm's values do not
 // depend on the output width, so both give the bits of the fused GEMM on the same weights).
 void qkv_gemm(float* qkv, int64_t T, int64_t nqkv, const TensorView& hv, const LayerWeightsView& lw) {
     if (!lw.wv.data) {

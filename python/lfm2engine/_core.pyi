@@ -48,6 +48,18 @@ def bf16_dot_available() -> bool:
 def set_bf16_dot(on: bool) -> None:
     """Turn the bf16 dot-product mode on or off; ValueError where bf16_dot_available() is False."""
 
+def quant_dot() -> bool:
+    """True while the opt-in quant-dot mode is on: block-quantized weights (q8_0, q4_0, q4_k, q6_k)
+    times activations quantized per 32 to int8, integer dot products, fp32 scaling
+    (lfm2engine.quant_dot has the definition); LFM2_QUANT_DOT=1 at load time."""
+
+def set_quant_dot(on: bool) -> None:
+    """Turn the quant-dot mode on or off (every CPU has it: the SIMD paths give the same bits)."""
+
+def quantize_activations(x: NDArray[np.float32]) -> tuple[NDArray[np.int8], NDArray[np.float32]]:
+    """The quant-dot mode's activation quantization on the active SIMD path: (q int8 [M, K],
+    d float32 [M, K / 32]) for float32 x [M, K], K a multiple of 32; ValueError otherwise."""
+
 def set_num_threads(n: int) -> None:
     """Threads for the CPU ops; n <= 0 restores the default (OMP_NUM_THREADS or all cores)."""
 

@@ -243,9 +243,7 @@ class Engine:
         """pos: cache slot of each token; rope_pos: its RoPE position (differs only inside a tree)."""
         cfg, lw, ops, b = self.config, self.w.layers[i], self.ops, self.backend
         t_, nh, nkv, dh = h.shape[0], cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        qkv = self.qkv_proj(i, h)
-        q, k, v = b.empty((t_, nh, dh)), b.empty((t_, nkv, dh)), b.empty((t_, nkv, dh))
-        ops.qkv_split(q, k, v, qkv)
+        q, k, v = self.qkv_heads(i, h)
         qn, kn = q.reshape(t_ * nh, dh), k.reshape(t_ * nkv, dh)  # per-head norms: [T, H, Dh] -> [T H, Dh]
         ops.rmsnorm(qn, qn, lw.q_norm, cfg.norm_eps)
         ops.rmsnorm(kn, kn, lw.k_norm, cfg.norm_eps)
@@ -259,20 +257,24 @@ class Engine:
         ops.gemm(y, o.reshape(t_, nh * dh), lw.wo)
         return y
 
-    def qkv_proj(self, i: int, h):
-        """[T, (H + 2 Hkv) Dh] = q | k | v of layer i: one GEMM, or two where v is stored apart
-        (`LayerWeights.wv`, a mixed file) whose columns are joined; each column is computed as
-        by the single GEMM (gemm's values do not depend on the output width)."""
+    def qkv_heads(self, i: int, h):
+        """q [T, H, Dh], k, v [T, Hkv, Dh] of layer i: one GEMM for q | k | v, then the split op; or,
+        where v is stored apart (`LayerWeights.wv`, a mixed file), one GEMM per projection written
+        straight into q, k and v (wqkv's q and k rows are views of it). Each element is computed as
+        by the single GEMM: gemm's values do not depend on the output width."""
         cfg, lw, ops, b = self.config, self.w.layers[i], self.ops, self.backend
         t_, nh, nkv, dh = h.shape[0], cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        q, k, v = b.empty((t_, nh, dh)), b.empty((t_, nkv, dh)), b.empty((t_, nkv, dh))
         if lw.wv is None:
             qkv = b.empty((t_, (nh + 2 * nkv) * dh))
-            ops.gemm(qkv, h, lw.wqkv)  # one GEMM for q | k | v
-            return qkv
-        qk, v = b.empty((t_, (nh + nkv) * dh)), b.empty((t_, nkv * dh))
-        ops.gemm(qk, h, lw.wqkv)
-        ops.gemm(v, h, lw.wv)
-        return b.concat_cols(qk, v)
+            ops.gemm(qkv, h, lw.wqkv)
+            ops.qkv_split(q, k, v, qkv)
+        else:
+            nq = nh * dh
+            ops.gemm(q.reshape(t_, nq), h, lw.wqkv[:nq])
+            ops.gemm(k.reshape(t_, nkv * dh), h, lw.wqkv[nq:])
+            ops.gemm(v.reshape(t_, nkv * dh), h, lw.wv)
+        return q, k, v
 
     def shortconv_block(self, i: int, h, st, seq, u_out=None, tree: TreePass | None = None):
         """Gated short conv; in a tree pass it runs along each node's ancestors (tree.py, host)."""

@@ -17,7 +17,7 @@ the dtype).
 
 Layout: attention q | k | v projections fused into one [(H + 2 Hkv) Dh, D] matrix (one GEMM,
 then the qkv_split op); where v is stored in another type than q and k (mixed files), `wqkv`
-holds q | k and `wv` holds v (every consumer goes through Engine.qkv_proj or does the same two
+holds q | k and `wv` holds v (every consumer goes through Engine.qkv_heads or computes the same
 GEMMs); dense gate | up fused [2F, D] (gate and up must share a type); experts stacked
 [E, 2Fe, D] (gate | up) and [E, D, Fe]. A block-quantized matrix [N, K] is a block array
 [N, K / block] (quant.py); `logical_shape` gives [N, K].

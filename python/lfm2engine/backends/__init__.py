@@ -59,11 +59,6 @@ class Backend:
         """The residual add: x += y."""
         x += y
 
-    def concat_cols(self, a, b):
-        """[T, Na + Nb] = a [T, Na] | b [T, Nb] as a new C-contiguous array (q | k and v of a layer
-        whose v projection is stored in another type: Engine.qkv_proj)."""
-        return np.concatenate([a, b], axis=1)
-
     def gather_rows(self, x, rows):
         """x[rows] as a new C-contiguous array; rows [R] int32 (a backend array)."""
         return np.ascontiguousarray(x[rows])
