@@ -16,6 +16,7 @@ import os
 
 import numpy as np
 import pytest
+from lfm2engine import quant
 from lfm2engine.backends.cases import as_weight  # noqa: F401  (re-exported: float32 weights as f32 / bf16 bits / f16)
 
 # Unit roundoff (machine epsilon) per dtype name; bf16 keeps 8 significant bits.
@@ -86,7 +87,10 @@ def bf16_to_f32(b: np.ndarray) -> np.ndarray:
 
 
 def weight_as_f64(w: np.ndarray) -> np.ndarray:
-    """The exact value of a weight array (f32, f16 or bf16 bits in uint16) as float64."""
+    """The exact value of a weight array (f32, f16, bf16 bits in uint16, or a quantized block array:
+    its dequantized float32 values, lfm2engine.quant.dequantize) as float64."""
+    if quant.is_quantized(w):
+        return quant.dequantize(w).astype(np.float64)
     if w.dtype == np.uint16:
         return bf16_to_f32(w).astype(np.float64)
     return w.astype(np.float64)

@@ -35,7 +35,9 @@ namespace {
 
 using qsimd::Deq;
 
-// Rows of x up to which the in-register driver runs (above: the fp32 panel).
+// Rows of x up to which the in-register driver runs (above: the fp32 panel). With MR = 4 rows per
+// tile the decoding is amortized over 4 multiply-adds per weight; measured at N = 6144, K = 2048,
+// 2 threads: T = 16 in registers 1.1-1.6x the panel, T = 512 the panel 1.25-1.6x ahead for q4_k/q6_k.
 constexpr int64_t kRegRows = 16;
 
 // In-register tile per ISA: MR x rows × NR weight rows of accumulators.

@@ -2,20 +2,22 @@
 
 Lets the engine's shared logic (sessions, ragged batches, trees, rollback, parallel plans) run
 and be tested without the compiled extension, and documents the contract executably. Weights
-may be f32, f16 or bf16 bits (uint16). Like the C++ kernels, every op is row-batch invariant:
+may be f32, f16, bf16 bits (uint16) or block-quantized (lfm2engine.quant; used as their
+dequantized float32 values, the exact numerics mode's definition). Like the C++ kernels, every op is row-batch invariant:
 gemm multiplies one row at a time (a BLAS call over several rows may pick another kernel, and
 another summation order, for another row count). Slow; never on a hot path.
 """
 
 import numpy as np
 
+from .. import quant
 from .. import reference as ref
 from ..checkpoint import bf16_to_f32
 
 
 def w_f32(a: np.ndarray) -> np.ndarray:
-    """A weight array (f32, f16 or bf16 bits) as float32."""
-    return bf16_to_f32(a) if a.dtype == np.uint16 else a.astype(np.float32)
+    """A weight array (f32, f16, bf16 bits or a quantized block array) as float32."""
+    return bf16_to_f32(a) if a.dtype == np.uint16 else quant.dequantize(a)
 
 
 def gemm(out, x, w):
@@ -93,7 +95,7 @@ def moe_route(ids_out, w_out, logits, bias, norm_topk, scale):
 
 
 def moe_expert_rows(out, x, eids, w13, w2):
-    fe = w2.shape[2]
+    fe = w13.shape[1] // 2  # (w2 [E, D, Fe] may be a block array: its last axis counts blocks)
     out[eids < 0] = 0
     for e in np.unique(eids[eids >= 0]):  # each expert's weights converted once, its rows one at a time
         a, b = w_f32(w13[e]), w_f32(w2[e])
