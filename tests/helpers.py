@@ -96,6 +96,21 @@ def weight_as_f64(w: np.ndarray) -> np.ndarray:
     return w.astype(np.float64)
 
 
+def random_blocks(rng, qtype: str, rows: int, k: int) -> np.ndarray:
+    """A [rows, k / block] block array of quantized type `qtype` with every byte random (codes, packed
+    scales, signs) except the f16 scales d / dmin, which are random FINITE halves (subnormal to 65504,
+    either sign); row 0's first block is all zero bytes. Covers values no quantizer would write."""
+    q = quant.get(qtype)
+    a = rng.integers(0, 256, (rows, k // q.block * q.nbytes), dtype=np.uint8).view(q.dtype).reshape(rows, -1)
+    for field in ("d", "dmin"):
+        if field in q.dtype.names:
+            bits = rng.integers(0, 1 << 16, a.shape, dtype=np.uint16)
+            bits[(bits & 0x7C00) == 0x7C00] &= 0xBFFF  # exponent all ones (inf / NaN) -> a finite value
+            a[field] = bits.view(np.float16)
+    a[0, 0] = np.zeros((), q.dtype)
+    return a
+
+
 # ----------------------------------------------------------------------------- what may skip
 
 
