@@ -5,9 +5,10 @@
 // kernel on the dequantized float32 weights. Internal to csrc/cpu (gemm_quant.cpp).
 //
 // Deq<S, Block> for S = simd::Avx512 | simd::Avx2 (and simd::Scalar: dequant_block itself) exposes:
-//   kGroups                  32-weight groups per block (1 for q8_0/q4_0, 8 for q4_k/q6_k)
+//   kGroups, kWeights        groups per block, weights per group (32; 64 for q6_k on AVX-512)
 //   Prep prep(block)         per-block state (scales converted once)
-//   group(block, prep, g, v) v[0 .. 32 / S::W) = weights 32g .. 32g + 31 of the block, in order
+//   group(block, prep, g, v) v[0 .. kWeights / S::W) = weights kWeights·g .. kWeights·(g + 1) − 1 of
+//                            the block, in order
 // How the values are formed without per-weight arithmetic where possible: q4_0 and q4_k build the
 // 16 possible values of a (sub-)block once (a lookup table in one register, vpermps picks lanes
 // by nibble) on AVX-512; q8_0, q6_k and the AVX2 paths convert the codes and multiply.
@@ -34,7 +35,7 @@ constexpr int kBlock<BlockQ4_0> = 32;
 // core/quant.h's dequant_block itself: the block decoded once into Prep, groups copied out.
 template <class B>
 struct Deq<simd::Scalar, B> {
-    static constexpr int kGroups = kBlock<B> / 32;
+    static constexpr int kGroups = kBlock<B> / 32, kWeights = 32;
     struct Prep {
         float w[kBlock<B>];
     };
@@ -52,7 +53,7 @@ struct Deq<simd::Scalar, B> {
 
 template <>
 struct Deq<simd::Avx512, BlockQ8_0> {
-    static constexpr int kGroups = 1;
+    static constexpr int kGroups = 1, kWeights = 32;
     struct Prep {
         __m512 d;
     };
@@ -72,7 +73,7 @@ LFM2_TARGET_AVX512 inline __m512 iota16() {
 
 template <>
 struct Deq<simd::Avx512, BlockQ4_0> {
-    static constexpr int kGroups = 1;
+    static constexpr int kGroups = 1, kWeights = 32;
     struct Prep {
         __m512 table;  // lane i: d · float(i − 8), the value of nibble i
     };
@@ -88,28 +89,34 @@ struct Deq<simd::Avx512, BlockQ4_0> {
 };
 
 // q4_k: the 8 sub-block products d · sc[j] and dmin · m[j], each one float32 product as in
-// core/quant.h. The 12 packed bytes are unpacked four at a time (k4_scale_min's bit layout:
-// sc[4 + i] = (s[8 + i] & 15) | (s[i] >> 6) << 4, m[4 + i] = (s[8 + i] >> 4) | (s[4 + i] >> 6) << 4).
+// core/quant.h. The 12 packed bytes are unpacked four at a time in a SIMD register (k4_scale_min's
+// bit layout: sc[j] = s[j] & 63, m[j] = s[4 + j] & 63 for j < 4, sc[4 + i] = (s[8 + i] & 15) |
+// (s[i] >> 6) << 4, m[4 + i] = (s[8 + i] >> 4) | (s[4 + i] >> 6) << 4).
 struct K4Scales {
     float ds[8], dm[8];
 };
 LFM2_TARGET_AVX2 inline K4Scales k4_scales(const BlockQ4_K& b) {
-    uint32_t u[3];
-    std::memcpy(u, b.scales, 12);
-    const uint32_t sc_lo = u[0] & 0x3F3F3F3Fu, m_lo = u[1] & 0x3F3F3F3Fu;
-    const uint32_t sc_hi = (u[2] & 0x0F0F0F0Fu) | ((u[0] >> 2) & 0x30303030u);
-    const uint32_t m_hi = ((u[2] >> 4) & 0x0F0F0F0Fu) | ((u[1] >> 2) & 0x30303030u);
-    const __m128i v = _mm_set_epi32(int(m_hi), int(m_lo), int(sc_hi), int(sc_lo));  // sc[0..7], m[0..7]
+    // The block's first 16 bytes as dwords e0 = d | dmin, e1..e3 = scales[0..11]; dword lanes of
+    // r = [sc[0..3], sc[4..7], m[0..3], m[4..7]] (one byte each):
+    //   [e1 & 3F, (e3 & 0F) | (e1 >> 2) & 30, e2 & 3F, (e3 >> 4) & 0F | (e2 >> 2) & 30] (per byte)
+    const __m128i e = _mm_loadu_si128(reinterpret_cast<const __m128i*>(&b));
+    const __m128i p = _mm_shuffle_epi32(e, _MM_SHUFFLE(3, 2, 3, 1));  // e1, e3, e2, e3
+    const __m128i q = _mm_shuffle_epi32(e, _MM_SHUFFLE(2, 2, 1, 1));  // e1, e1, e2, e2
+    const __m128i lo = _mm_and_si128(_mm_srlv_epi32(p, _mm_setr_epi32(0, 0, 0, 4)),
+                                     _mm_setr_epi32(0x3F3F3F3F, 0x0F0F0F0F, 0x3F3F3F3F, 0x0F0F0F0F));
+    const __m128i hi = _mm_and_si128(_mm_srli_epi32(q, 2), _mm_setr_epi32(0, 0x30303030, 0, 0x30303030));
+    const __m128i r = _mm_or_si128(lo, hi);
+    const __m128 dd = _mm_cvtph_ps(e);  // d, dmin, ...
     K4Scales s;
-    _mm256_storeu_ps(s.ds, _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(b.d)), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v))));
-    _mm256_storeu_ps(s.dm, _mm256_mul_ps(_mm256_set1_ps(_cvtsh_ss(b.dmin)),
-                                         _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(v, 8)))));
+    _mm256_storeu_ps(s.ds, _mm256_mul_ps(_mm256_broadcastss_ps(dd), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(r))));
+    _mm256_storeu_ps(s.dm, _mm256_mul_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dd)),
+                                         _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(r, 8)))));
     return s;
 }
 
 template <>
 struct Deq<simd::Avx512, BlockQ4_K> {
-    static constexpr int kGroups = 8;  // group g = sub-block g
+    static constexpr int kGroups = 8, kWeights = 32;  // group g = sub-block g
     using Prep = K4Scales;
     LFM2_TARGET_AVX512 static inline Prep prep(const BlockQ4_K& b) { return k4_scales(b); }
     LFM2_TARGET_AVX512 static inline void group(const BlockQ4_K& b, const Prep& p, int g, __m512* v) {
@@ -153,14 +160,37 @@ LFM2_TARGET_AVX2 inline K6Scales k6_scales(const BlockQ6_K& b) {
 
 template <>
 struct Deq<simd::Avx512, BlockQ6_K> {
-    static constexpr int kGroups = 8;  // group g = sub-blocks 2g, 2g + 1
-    using Prep = K6Scales;
-    LFM2_TARGET_AVX512 static inline Prep prep(const BlockQ6_K& b) { return k6_scales(b); }
+    // group g = weights 64g .. 64g + 63 = q6_group_codes' groups 2g, 2g + 1 (sub-blocks 4g .. 4g + 3),
+    // decoded together in one 512-bit register: ql[64 · (g >> 1) ..][64 bytes] (nibble g & 1) and
+    // qh[32 · (g >> 1) ..] twice, shifted by 4 (g & 1) and 4 (g & 1) + 2.
+    static constexpr int kGroups = 4, kWeights = 64;
+    struct Prep {
+        float ds[16];
+    };
+    LFM2_TARGET_AVX512 static inline Prep prep(const BlockQ6_K& b) {
+        Prep p;
+        const __m128i sc = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.scales));
+        _mm512_storeu_ps(p.ds, _mm512_mul_ps(_mm512_set1_ps(_cvtsh_ss(b.d)), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(sc))));
+        return p;
+    }
     LFM2_TARGET_AVX512 static inline void group(const BlockQ6_K& b, const Prep& p, int g, __m512* v) {
-        const __m256i q = q6_group_codes(b, g);
-        v[0] = _mm512_mul_ps(_mm512_set1_ps(p.ds[2 * g]), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(q))));
-        v[1] = _mm512_mul_ps(_mm512_set1_ps(p.ds[2 * g + 1]),
-                             _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(q, 1))));
+        const int half = g >> 1, hi_nib = g & 1;
+        const __m512i nib = _mm512_set1_epi8(0x0F);
+        __m512i lo = _mm512_loadu_si512(b.ql + 64 * half);
+        if (hi_nib) lo = _mm512_srli_epi16(lo, 4);
+        lo = _mm512_and_si512(lo, nib);
+        const __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qh + 32 * half)));
+        const __m512i cnt = _mm512_inserti64x4(_mm512_set1_epi16(short(4 * hi_nib)), _mm256_set1_epi16(short(4 * hi_nib + 2)), 1);
+        __m512i hi = _mm512_and_si512(_mm512_srlv_epi16(qh, cnt), _mm512_set1_epi8(3));
+        hi = _mm512_slli_epi16(hi, 4);  // values <= 0x30: nothing crosses a byte
+        const __m512i q = _mm512_sub_epi8(_mm512_or_si512(lo, hi), _mm512_set1_epi8(32));
+        v[0] = _mm512_mul_ps(_mm512_set1_ps(p.ds[4 * g]), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm512_castsi512_si128(q))));
+        v[1] = _mm512_mul_ps(_mm512_set1_ps(p.ds[4 * g + 1]),
+                             _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm512_extracti32x4_epi32(q, 1))));
+        v[2] = _mm512_mul_ps(_mm512_set1_ps(p.ds[4 * g + 2]),
+                             _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm512_extracti32x4_epi32(q, 2))));
+        v[3] = _mm512_mul_ps(_mm512_set1_ps(p.ds[4 * g + 3]),
+                             _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm512_extracti32x4_epi32(q, 3))));
     }
 };
 
@@ -172,7 +202,7 @@ LFM2_TARGET_AVX2 inline __m256 i8hi_ps(__m128i q) { return i8lo_ps(_mm_srli_si12
 
 template <>
 struct Deq<simd::Avx2, BlockQ8_0> {
-    static constexpr int kGroups = 1;
+    static constexpr int kGroups = 1, kWeights = 32;
     struct Prep {
         __m256 d;
     };
@@ -188,7 +218,7 @@ struct Deq<simd::Avx2, BlockQ8_0> {
 
 template <>
 struct Deq<simd::Avx2, BlockQ4_0> {
-    static constexpr int kGroups = 1;
+    static constexpr int kGroups = 1, kWeights = 32;
     struct Prep {
         __m256 d;
     };
@@ -207,7 +237,7 @@ struct Deq<simd::Avx2, BlockQ4_0> {
 
 template <>
 struct Deq<simd::Avx2, BlockQ4_K> {
-    static constexpr int kGroups = 8;
+    static constexpr int kGroups = 8, kWeights = 32;
     using Prep = K4Scales;
     LFM2_TARGET_AVX2 static inline Prep prep(const BlockQ4_K& b) { return k4_scales(b); }
     LFM2_TARGET_AVX2 static inline void group(const BlockQ4_K& b, const Prep& p, int g, __m256* v) {
@@ -225,7 +255,7 @@ struct Deq<simd::Avx2, BlockQ4_K> {
 
 template <>
 struct Deq<simd::Avx2, BlockQ6_K> {
-    static constexpr int kGroups = 8;
+    static constexpr int kGroups = 8, kWeights = 32;
     using Prep = K6Scales;
     LFM2_TARGET_AVX2 static inline Prep prep(const BlockQ6_K& b) { return k6_scales(b); }
     LFM2_TARGET_AVX2 static inline void group(const BlockQ6_K& b, const Prep& p, int g, __m256* v) {
