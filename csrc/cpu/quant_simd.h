@@ -116,18 +116,22 @@ LFM2_TARGET_AVX2 inline K4Scales k4_scales(const BlockQ4_K& b) {
 
 template <>
 struct Deq<simd::Avx512, BlockQ4_K> {
-    static constexpr int kGroups = 8, kWeights = 32;  // group g = sub-block g
+    // group g = sub-blocks 2g (low nibbles of qs[32g .. 32g + 31]) and 2g + 1 (their high nibbles)
+    static constexpr int kGroups = 4, kWeights = 64;
     using Prep = K4Scales;
     LFM2_TARGET_AVX512 static inline Prep prep(const BlockQ4_K& b) { return k4_scales(b); }
     LFM2_TARGET_AVX512 static inline void group(const BlockQ4_K& b, const Prep& p, int g, __m512* v) {
         // lane i: (ds · float(i)) − dm, two roundings as the reference (no FMA)
-        const __m512 table = _mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(p.ds[g]), iota16()), _mm512_set1_ps(p.dm[g]));
-        const uint8_t* q = b.qs + 32 * (g >> 1);
-        for (int i = 0; i < 2; ++i) {
-            __m512i raw = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 16 * i)));
-            if (g & 1) raw = _mm512_srli_epi32(raw, 4);
-            v[i] = _mm512_permutexvar_ps(raw, table);
-        }
+        const __m512 t0 = _mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(p.ds[2 * g]), iota16()), _mm512_set1_ps(p.dm[2 * g]));
+        const __m512 t1 =
+            _mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(p.ds[2 * g + 1]), iota16()), _mm512_set1_ps(p.dm[2 * g + 1]));
+        const uint8_t* q = b.qs + 32 * g;
+        const __m512i r0 = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q)));
+        const __m512i r1 = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 16)));
+        v[0] = _mm512_permutexvar_ps(r0, t0);
+        v[1] = _mm512_permutexvar_ps(r1, t0);
+        v[2] = _mm512_permutexvar_ps(_mm512_srli_epi32(r0, 4), t1);
+        v[3] = _mm512_permutexvar_ps(_mm512_srli_epi32(r1, 4), t1);
     }
 };
 
