@@ -12,10 +12,10 @@
 //
 // Two drivers, both giving those bits:
 //  - few rows (M <= kRegRows, decode and small expert batches): weights decoded in registers.
-//    A tile of MR x rows × NR weight rows walks the rows' blocks once; each 32-weight group is
-//    decoded (quant_simd.h) and multiplied into the MR × NR accumulators. Weight rows stream from
-//    memory once, prefetched a tile ahead (as gemm.cpp's bf16 GEMV), so a decode GEMV runs at the
-//    bandwidth of the quantized bytes.
+//    A tile of MR x rows × NR weight rows walks the rows' blocks once; each group of 32 or 64
+//    weights is decoded (quant_simd.h) and multiplied into the MR × NR accumulators. Weight rows
+//    stream from memory once, prefetched a tile ahead (as gemm.cpp's bf16 GEMV): a decode GEMV
+//    reads only the quantized bytes (analysis/cpu_performance.md has the rates per type).
 //  - more rows (prefill): each L2-sized block of weight rows is decoded once per row chunk into a
 //    per-thread float32 panel with the same SIMD decoders, then swept by gemm.cpp's fp32 register
 //    tiles (gemm_f32_block): the decoding is amortized over the chunk's rows and the product runs
@@ -40,8 +40,9 @@ using qsimd::Deq;
 // 2 threads: T = 16 in registers 1.1-1.6x the panel, T = 512 the panel 1.25-1.6x ahead for q4_k/q6_k.
 constexpr int64_t kRegRows = 16;
 
-// In-register tile per ISA: MR x rows × NR weight rows of accumulators (NR = 8 for a single row
-// measured no faster: the decoding, not the FMA chains, bounds a GEMV).
+// In-register tile per ISA: MR x rows × NR weight rows of accumulators. Measured no faster (one
+// core, K = 2048): NR = 8 for a single row (the decoding, not the FMA chains, bounds a GEMV), and
+// 8- or 16-row tiles for T = 8..16 even with x packed block-major (their x no longer fits L1).
 template <class S>
 struct QTile {
     static constexpr int MR = 4, NR = 4;
