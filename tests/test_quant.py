@@ -8,6 +8,7 @@ lfm2engine.quant's.
   random data with zero blocks, tiny and huge scales, ties and constant blocks; q4_k and q6_k (our own
   one-pass fit; gguf has no NumPy quantizer for them) within the error bound their fit guarantees.
 - the core: the embedding op on a quantized table equals quant.dequantize bit for bit.
+- every dequantized weight is its exact formula rounded once (docs/ops.md, "Quantized weights").
 """
 
 from __future__ import annotations
@@ -140,3 +141,29 @@ def test_core_dequantization_is_quant_dequantize(name, rng):
     out = np.full((len(ids), 2 * quant.get(name).block), np.nan, np.float32)
     _core.cpu.embedding(out, table, ids)
     assert np.array_equal(out, quant.dequantize(table)[ids])
+
+
+@pytest.mark.parametrize("name", QTYPES)
+def test_dequantized_weights_are_correctly_rounded(name, rng):
+    """docs/ops.md: each weight is its exact formula rounded once to float32 (q8_0, q4_0, q6_k: exact;
+    q4_k: one rounding in the subtraction), so kernels may fuse or reassociate inside dequantization."""
+    a = random_blocks(rng, name, 200, 512)
+    b = a.reshape(-1)
+    got = quant.dequantize(a).reshape(len(b), -1)
+    d = b["d"].astype(np.float64)[:, None]
+    if name == "q8_0":
+        exact = d * b["qs"]
+    elif name == "q4_0":
+        exact = d * (np.concatenate([b["qs"] & 15, b["qs"] >> 4], axis=1).astype(np.float64) - 8)
+    elif name == "q4_k":
+        sc, m = quant._k4_scale_min(b["scales"])
+        qs = b["qs"].reshape(-1, 4, 32)
+        nib = np.stack([qs & 15, qs >> 4], axis=2).reshape(-1, 8, 32)
+        dmin = b["dmin"].astype(np.float64)[:, None]
+        exact = ((d * sc)[:, :, None] * nib - (dmin * m)[:, :, None]).reshape(len(b), -1)
+    else:
+        codes = quant._q6_values(b).reshape(-1, 16, 16).astype(np.float64) - 32
+        exact = ((d * b["scales"])[:, :, None] * codes).reshape(len(b), -1)
+    if name != "q4_k":
+        assert np.array_equal(exact, got), "not exact"
+    assert np.array_equal(exact.astype(np.float32), got)
