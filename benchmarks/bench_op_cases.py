@@ -49,8 +49,10 @@ def flops(call) -> float:
         (t, n), k = call.args[0].shape, call.args[1].shape[1]
         return 2.0 * t * n * k
     if call.op == "moe_experts":
+        from lfm2engine import quant
+
         ids, w2 = call.args[2], call.args[5]
-        d, fe = w2.shape[1], w2.shape[2]
+        d, fe = quant.logical_shape(w2)[1:]  # (a quantized w2's last axis counts blocks)
         return 2.0 * int((ids >= 0).sum()) * 3 * d * fe
     return 0.0
 

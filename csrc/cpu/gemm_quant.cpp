@@ -11,7 +11,8 @@
 // therefore inherited from the fp32 path, and the tests compare bit for bit.
 //
 // Two drivers, both giving those bits:
-//  - few rows (M <= kRegRows, decode and small expert batches): weights decoded in registers.
+//  - few rows (M <= reg_rows: 16 for q8_0 / q4_0, 4 for the k-quants; decode and small expert
+//    batches): weights decoded in registers.
 //    A tile of MR x rows × NR weight rows walks the rows' blocks once; each group of 32 or 64
 //    weights is decoded (quant_simd.h) and multiplied into the MR × NR accumulators. Weight rows
 //    stream from memory once, prefetched a tile ahead (as gemm.cpp's bf16 GEMV): a decode GEMV
@@ -35,10 +36,12 @@ namespace {
 
 using qsimd::Deq;
 
-// Rows of x up to which the in-register driver runs (above: the fp32 panel). With MR = 4 rows per
-// tile the decoding is amortized over 4 multiply-adds per weight; measured at N = 6144, K = 2048,
-// 2 threads: T = 16 in registers 1.1-1.6x the panel, T = 512 the panel 1.25-1.6x ahead for q4_k/q6_k.
-constexpr int64_t kRegRows = 16;
+// Rows of x up to which the in-register driver runs (above: the fp32 panel). A register tile
+// decodes each weight vector once per 4 x rows. q8_0 / q4_0 decode cheaply enough that their
+// tiles stay FMA-bound up to T = 16 (and 1.1-1.6x the panel there); the k-quants' decoding costs
+// more than 4 multiply-adds, so from T = 5 their panels win (one core, K = 2048, T = 16: q4_k
+// 3.2 vs 4.7 ns, q6_k 3.3 vs 5.9 ns per 16 weights; T = 4 even, T = 2 registers 2x ahead).
+inline int64_t reg_rows(DType wdt) { return dtype_block(wdt) == 32 ? 16 : 4; }
 
 // In-register tile per ISA: MR x rows × NR weight rows of accumulators. Measured no faster (one
 // core, K = 2048): NR = 8 for a single row (the decoding, not the FMA chains, bounds a GEMV), and
@@ -179,7 +182,7 @@ void gemm_quant(Isa isa, const float* x, int64_t ldx, const void* w, DType wdt, 
                 int64_t M, int64_t N, int64_t K) {
     const char* wb = static_cast<const char*>(w);
     const int64_t rs = dtype_bytes(wdt, ldw);
-    if (M <= kRegRows) {
+    if (M <= reg_rows(wdt)) {
         for_each_gemm_block(M, N, K, dtype_bytes(wdt, K), [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
             with_block(wdt, w, [&](auto* wt) { run_kernel<QuantRegs>(isa, x, ldx, wt, rs, out, ldo, m0, m1, n0, n1, K); });
         });

@@ -98,8 +98,8 @@ SHAPES = {
 
 # The quantized weight cases (QDTYPES): weight widths are whole blocks, 32 weights for q8_0 / q4_0 and
 # 256 for q4_k / q6_k (`params` drops the shapes a type cannot hold). gemm: T across the in-register
-# driver's limit (16) and its MR = 4 tiles, N across the NR = 4 tiles, K = 1280 (the fp32 panel's
-# K-blocked tiles, with a tail), real widths.
+# driver's limits (4 for the k-quants, 16 for q8_0 / q4_0) and its MR = 4 tiles, N across the
+# NR = 4 tiles, K = 1280 (the fp32 panel's K-blocked tiles, with a tail), real widths.
 QSHAPES = {
     "gemm": [(1, 1, 32), (2, 5, 96), (7, 13, 160), (1, 7, 256), (3, 17, 256), (13, 31, 768), (16, 9, 512),
              (17, 9, 512), (37, 45, 1280), (64, 40, 256), (1, 64, _M.D), (5, 6, _M.FE)],
@@ -141,13 +141,14 @@ REAL = [
     *[("moe_experts", f"T={t}", dict(t=t, e=_M.E, k=_M.K, d=_M.D, fe=_M.FE, wdtype="bfloat16")) for t in (1, 16)],
     # Quantized weights (exact mode) next to bf16 at the same shapes: the projections, one expert's
     # two GEMMs (w13 [2 Fe, D], w2 [D, Fe]) and the tied LM head; decode (T = 1, 16) and prefill
-    # (bf16 only where the list above does not time it already).
+    # (bf16 only where the list above does not time it already; fp32 weights at T = 512).
     *[("gemm", f"{wd} {name} T={t}", dict(t=t, n=n, k=k, wdtype=wd, scale=0.02))
       for name, n, k in (("in_proj", 3 * _M.D, _M.D), ("out_proj", _M.D, _M.D), ("expert_w13", 2 * _M.FE, _M.D),
                          ("expert_w2", _M.D, _M.FE), ("lm_head", _M.V, _M.D))
       for t in (1, 16, 512)
-      for wd in ("bfloat16",) + QDTYPES
-      if wd != "bfloat16" or name.startswith("expert") or t == 16],
+      for wd in ("float32", "bfloat16") + QDTYPES
+      if (wd != "bfloat16" or name.startswith("expert") or t == 16)
+      and (wd != "float32" or (t == 512 and name != "lm_head"))],  # fp32 weights: the prefill rate to match
     *[("moe_experts", f"{wd} T={t}", dict(t=t, e=_M.E, k=_M.K, d=_M.D, fe=_M.FE, wdtype=wd))
       for t in (1, 16) for wd in QDTYPES],
     ("argmax", "T=16", dict(t=16, v=_M.V)),
