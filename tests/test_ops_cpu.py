@@ -292,8 +292,8 @@ def test_bf16_dot_mode_is_off_by_default_and_refused_without_avx512bf16():
 
 
 # ----------------------------------------------------------------------------- quantized weights (exact mode)
-# csrc/cpu/gemm_quant.cpp: weights decoded in registers for T <= 16 (q8_0, q4_0) / T <= 4 (q4_k,
-# q6_k), into fp32 panels above; both must give exactly gemm's bits on the dequantized float32
+# csrc/cpu/gemm_quant.cpp: weights decoded in registers for T <= 16 (T <= 4 for q4_k / q6_k on
+# AVX-512), into fp32 panels above; both must give exactly gemm's bits on the dequantized float32
 # weights at the same SIMD level.
 
 

@@ -11,7 +11,7 @@
 // therefore inherited from the fp32 path, and the tests compare bit for bit.
 //
 // Two drivers, both giving those bits:
-//  - few rows (M <= reg_rows: 16 for q8_0 / q4_0, 4 for the k-quants; decode and small expert
+//  - few rows (M <= reg_rows: 16, but 4 for the k-quants on AVX-512; decode and small expert
 //    batches): weights decoded in registers.
 //    A tile of MR x rows × NR weight rows walks the rows' blocks once; each group of 32 or 64
 //    weights is decoded (quant_simd.h) and multiplied into the MR × NR accumulators. Weight rows
@@ -39,9 +39,10 @@ using qsimd::Deq;
 // Rows of x up to which the in-register driver runs (above: the fp32 panel). A register tile
 // decodes each weight vector once per 4 x rows. q8_0 / q4_0 decode cheaply enough that their
 // tiles stay FMA-bound up to T = 16 (and 1.1-1.6x the panel there); the k-quants' decoding costs
-// more than 4 multiply-adds, so from T = 5 their panels win (one core, K = 2048, T = 16: q4_k
-// 3.2 vs 4.7 ns, q6_k 3.3 vs 5.9 ns per 16 weights; T = 4 even, T = 2 registers 2x ahead).
-inline int64_t reg_rows(DType wdt) { return dtype_block(wdt) == 32 ? 16 : 4; }
+// more than 4 multiply-adds, so from T = 5 their panels win on AVX-512 (one core, K = 2048,
+// T = 16: q4_k 3.2 vs 4.7 ns, q6_k 3.3 vs 5.9 ns per 16 weights; T = 4 even, T = 2 registers 2x
+// ahead). On AVX2 (2-row tiles, a slower fp32 panel GEMM) registers are ahead or even up to T = 16.
+inline int64_t reg_rows(Isa isa, DType wdt) { return isa == Isa::Avx512 && dtype_block(wdt) == 256 ? 4 : 16; }
 
 // In-register tile per ISA: MR x rows × NR weight rows of accumulators. Measured no faster (one
 // core, K = 2048): NR = 8 for a single row (the decoding, not the FMA chains, bounds a GEMV), and
@@ -182,7 +183,7 @@ void gemm_quant(Isa isa, const float* x, int64_t ldx, const void* w, DType wdt, 
                 int64_t M, int64_t N, int64_t K) {
     const char* wb = static_cast<const char*>(w);
     const int64_t rs = dtype_bytes(wdt, ldw);
-    if (M <= reg_rows(wdt)) {
+    if (M <= reg_rows(isa, wdt)) {
         for_each_gemm_block(M, N, K, dtype_bytes(wdt, K), [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
             with_block(wdt, w, [&](auto* wt) { run_kernel<QuantRegs>(isa, x, ldx, wt, rs, out, ldo, m0, m1, n0, n1, K); });
         });

@@ -98,7 +98,7 @@ SHAPES = {
 
 # The quantized weight cases (QDTYPES): weight widths are whole blocks, 32 weights for q8_0 / q4_0 and
 # 256 for q4_k / q6_k (`params` drops the shapes a type cannot hold). gemm: T across the in-register
-# driver's limits (4 for the k-quants, 16 for q8_0 / q4_0) and its MR = 4 tiles, N across the
+# driver's limits (16; 4 for the k-quants on AVX-512) and its MR = 4 tiles, N across the
 # NR = 4 tiles, K = 1280 (the fp32 panel's K-blocked tiles, with a tail), real widths.
 QSHAPES = {
     "gemm": [(1, 1, 32), (2, 5, 96), (7, 13, 160), (1, 7, 256), (3, 17, 256), (13, 31, 768), (16, 9, 512),
