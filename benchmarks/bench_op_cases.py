@@ -131,7 +131,8 @@ def main(argv=None):
                 row["cpu % roof"] = 100.0 * row["cpu GB/s"] / roofs["dram"]
             rows.append(row)
         del calls, fns
-    cols = ["op", "case", "weights", "MB"] + [f"{n} {u}" for n in bes for u in ("us", "GB/s", "GFLOP/s")] + ["cpu % roof"]
+    cols = ["op", "case", "weights", "MB"] + [f"{n} {u}" for n in bes for u in ("us", "GB/s", "GFLOP/s")]
+    cols.append("cpu % roof")
     print_table(rows, cols)
     write_json(a.json, {"benchmark": "bench_op_cases", "threads": a.threads, "roofs_gbs": roofs, "rows": rows,
                         "backends": list(bes), "quick": a.quick, "match": a.match})

@@ -30,7 +30,8 @@ def gguf_type(name):
 
 def gguf_dequantize(a):
     """gguf's dequantization of block array a [rows, nb] (it takes the raw bytes, [rows, nb * nbytes])."""
-    return gq.dequantize(np.ascontiguousarray(a).view(np.uint8).reshape(a.shape[0], -1), gguf_type(quant.qtype_of(a).name))
+    raw = np.ascontiguousarray(a).view(np.uint8).reshape(a.shape[0], -1)
+    return gq.dequantize(raw, gguf_type(quant.qtype_of(a).name))
 
 
 def test_block_types_match_gguf():

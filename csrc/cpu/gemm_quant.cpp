@@ -94,7 +94,8 @@ LFM2_KERNEL void qdot_tile(const float* x, int64_t ldx, const char* w, int64_t r
     }
     if constexpr (NR % 4 == 0) {
         for (int i = 0; i < MR; ++i)
-            for (int j = 0; j < NR; j += 4) S::hsum4(acc[i][j], acc[i][j + 1], acc[i][j + 2], acc[i][j + 3], out + i * ldo + j);
+            for (int j = 0; j < NR; j += 4)
+                S::hsum4(acc[i][j], acc[i][j + 1], acc[i][j + 2], acc[i][j + 3], out + i * ldo + j);
     } else {
         for (int i = 0; i < MR; ++i)
             for (int j = 0; j < NR; ++j) out[i * ldo + j] = S::hsum(acc[i][j]);
@@ -185,7 +186,9 @@ void gemm_quant(Isa isa, const float* x, int64_t ldx, const void* w, DType wdt, 
     const int64_t rs = dtype_bytes(wdt, ldw);
     if (M <= reg_rows(isa, wdt)) {
         for_each_gemm_block(M, N, K, dtype_bytes(wdt, K), [&](int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-            with_block(wdt, w, [&](auto* wt) { run_kernel<QuantRegs>(isa, x, ldx, wt, rs, out, ldo, m0, m1, n0, n1, K); });
+            with_block(wdt, w, [&](auto* wt) {
+                run_kernel<QuantRegs>(isa, x, ldx, wt, rs, out, ldo, m0, m1, n0, n1, K);
+            });
         });
         return;
     }

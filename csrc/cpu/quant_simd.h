@@ -51,6 +51,9 @@ struct Deq<simd::Scalar, B> {
 
 // ----------------------------------------------------------------------------- AVX-512
 
+// 16 int8 lanes as floats.
+LFM2_TARGET_AVX512 inline __m512 i8_ps(__m128i q) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)); }
+
 template <>
 struct Deq<simd::Avx512, BlockQ8_0> {
     static constexpr int kGroups = 1, kWeights = 32;
@@ -61,7 +64,7 @@ struct Deq<simd::Avx512, BlockQ8_0> {
     LFM2_TARGET_AVX512 static inline void group(const BlockQ8_0& b, const Prep& p, int, __m512* v) {
         for (int i = 0; i < 2; ++i) {
             const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs + 16 * i));
-            v[i] = _mm512_mul_ps(p.d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)));
+            v[i] = _mm512_mul_ps(p.d, i8_ps(q));
         }
     }
 };
@@ -120,11 +123,12 @@ struct Deq<simd::Avx512, BlockQ4_K> {
     static constexpr int kGroups = 4, kWeights = 64;
     using Prep = K4Scales;
     LFM2_TARGET_AVX512 static inline Prep prep(const BlockQ4_K& b) { return k4_scales(b); }
+    // Sub-block j's 16 values: lane i = (ds · float(i)) − dm, the reference's two operations
+    LFM2_TARGET_AVX512 static inline __m512 table(const Prep& p, int j) {
+        return _mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(p.ds[j]), iota16()), _mm512_set1_ps(p.dm[j]));
+    }
     LFM2_TARGET_AVX512 static inline void group(const BlockQ4_K& b, const Prep& p, int g, __m512* v) {
-        // lane i: (ds · float(i)) − dm, two roundings as the reference (no FMA)
-        const __m512 t0 = _mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(p.ds[2 * g]), iota16()), _mm512_set1_ps(p.dm[2 * g]));
-        const __m512 t1 =
-            _mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(p.ds[2 * g + 1]), iota16()), _mm512_set1_ps(p.dm[2 * g + 1]));
+        const __m512 t0 = table(p, 2 * g), t1 = table(p, 2 * g + 1);
         const uint8_t* q = b.qs + 32 * g;
         const __m512i r0 = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q)));
         const __m512i r1 = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 16)));
@@ -174,7 +178,7 @@ struct Deq<simd::Avx512, BlockQ6_K> {
     LFM2_TARGET_AVX512 static inline Prep prep(const BlockQ6_K& b) {
         Prep p;
         const __m128i sc = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.scales));
-        _mm512_storeu_ps(p.ds, _mm512_mul_ps(_mm512_set1_ps(_cvtsh_ss(b.d)), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(sc))));
+        _mm512_storeu_ps(p.ds, _mm512_mul_ps(_mm512_set1_ps(_cvtsh_ss(b.d)), i8_ps(sc)));
         return p;
     }
     LFM2_TARGET_AVX512 static inline void group(const BlockQ6_K& b, const Prep& p, int g, __m512* v) {
@@ -183,18 +187,17 @@ struct Deq<simd::Avx512, BlockQ6_K> {
         __m512i lo = _mm512_loadu_si512(b.ql + 64 * half);
         if (hi_nib) lo = _mm512_srli_epi16(lo, 4);
         lo = _mm512_and_si512(lo, nib);
-        const __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qh + 32 * half)));
-        const __m512i cnt = _mm512_inserti64x4(_mm512_set1_epi16(short(4 * hi_nib)), _mm256_set1_epi16(short(4 * hi_nib + 2)), 1);
+        const __m256i qh32 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b.qh + 32 * half));
+        const __m512i qh = _mm512_broadcast_i64x4(qh32);
+        const __m512i cnt =  // 16-bit lanes: the low half shifts by 4 · hi_nib, the high half by 2 more
+            _mm512_inserti64x4(_mm512_set1_epi16(short(4 * hi_nib)), _mm256_set1_epi16(short(4 * hi_nib + 2)), 1);
         __m512i hi = _mm512_and_si512(_mm512_srlv_epi16(qh, cnt), _mm512_set1_epi8(3));
         hi = _mm512_slli_epi16(hi, 4);  // values <= 0x30: nothing crosses a byte
         const __m512i q = _mm512_sub_epi8(_mm512_or_si512(lo, hi), _mm512_set1_epi8(32));
-        v[0] = _mm512_mul_ps(_mm512_set1_ps(p.ds[4 * g]), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm512_castsi512_si128(q))));
-        v[1] = _mm512_mul_ps(_mm512_set1_ps(p.ds[4 * g + 1]),
-                             _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm512_extracti32x4_epi32(q, 1))));
-        v[2] = _mm512_mul_ps(_mm512_set1_ps(p.ds[4 * g + 2]),
-                             _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm512_extracti32x4_epi32(q, 2))));
-        v[3] = _mm512_mul_ps(_mm512_set1_ps(p.ds[4 * g + 3]),
-                             _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm512_extracti32x4_epi32(q, 3))));
+        v[0] = _mm512_mul_ps(_mm512_set1_ps(p.ds[4 * g]), i8_ps(_mm512_castsi512_si128(q)));
+        v[1] = _mm512_mul_ps(_mm512_set1_ps(p.ds[4 * g + 1]), i8_ps(_mm512_extracti32x4_epi32(q, 1)));
+        v[2] = _mm512_mul_ps(_mm512_set1_ps(p.ds[4 * g + 2]), i8_ps(_mm512_extracti32x4_epi32(q, 2)));
+        v[3] = _mm512_mul_ps(_mm512_set1_ps(p.ds[4 * g + 3]), i8_ps(_mm512_extracti32x4_epi32(q, 3)));
     }
 };
 
