@@ -1,8 +1,10 @@
 // Block-quantized weights decoded in SIMD registers (AVX-512, AVX2), bit-identical to
-// core/quant.h's scalar dequant_block: every weight is the same float expression with the same
-// roundings (d · sc formed in float32 first, then one product with the code, then for q4_k one
-// subtraction of dmin · m; never fused), so a kernel that multiplies these vectors is exactly a
+// core/quant.h's scalar dequant_block, so a kernel that multiplies these vectors is exactly a
 // kernel on the dequantized float32 weights. Internal to csrc/cpu (gemm_quant.cpp).
+// Every product here is exact in float32 (d, an f16, has at most 11 significant bits; d · sc
+// and (d · sc) · code at most 23: docs/ops.md, tests/test_quant.py); only q4_k's final
+// − dmin · m rounds. So q4_k's (d · sc) · q − dmin · m may be one fused multiply-subtract: it
+// rounds once, exactly where the reference's separate subtraction does.
 //
 // Deq<S, Block> for S = simd::Avx512 | simd::Avx2 (and simd::Scalar: dequant_block itself) exposes:
 //   kGroups, kWeights        groups per block, weights per group (32; 64 for q6_k on AVX-512)
@@ -123,9 +125,9 @@ struct Deq<simd::Avx512, BlockQ4_K> {
     static constexpr int kGroups = 4, kWeights = 64;
     using Prep = K4Scales;
     LFM2_TARGET_AVX512 static inline Prep prep(const BlockQ4_K& b) { return k4_scales(b); }
-    // Sub-block j's 16 values: lane i = (ds · float(i)) − dm, the reference's two operations
+    // Sub-block j's 16 values: lane i = (ds · float(i)) − dm (ds · i is exact: one rounding, as the reference)
     LFM2_TARGET_AVX512 static inline __m512 table(const Prep& p, int j) {
-        return _mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(p.ds[j]), iota16()), _mm512_set1_ps(p.dm[j]));
+        return _mm512_fmsub_ps(_mm512_set1_ps(p.ds[j]), iota16(), _mm512_set1_ps(p.dm[j]));
     }
     LFM2_TARGET_AVX512 static inline void group(const BlockQ4_K& b, const Prep& p, int g, __m512* v) {
         const __m512 t0 = table(p, 2 * g), t1 = table(p, 2 * g + 1);
@@ -253,10 +255,10 @@ struct Deq<simd::Avx2, BlockQ4_K> {
         q = _mm256_and_si256(q, _mm256_set1_epi8(0x0F));  // codes 0..15 (as int8: positive)
         const __m256 ds = _mm256_set1_ps(p.ds[g]), dm = _mm256_set1_ps(p.dm[g]);
         const __m128i q0 = _mm256_castsi256_si128(q), q1 = _mm256_extracti128_si256(q, 1);
-        v[0] = _mm256_sub_ps(_mm256_mul_ps(ds, i8lo_ps(q0)), dm);
-        v[1] = _mm256_sub_ps(_mm256_mul_ps(ds, i8hi_ps(q0)), dm);
-        v[2] = _mm256_sub_ps(_mm256_mul_ps(ds, i8lo_ps(q1)), dm);
-        v[3] = _mm256_sub_ps(_mm256_mul_ps(ds, i8hi_ps(q1)), dm);
+        v[0] = _mm256_fmsub_ps(ds, i8lo_ps(q0), dm);  // ds · q exact: one rounding, as the reference
+        v[1] = _mm256_fmsub_ps(ds, i8hi_ps(q0), dm);
+        v[2] = _mm256_fmsub_ps(ds, i8lo_ps(q1), dm);
+        v[3] = _mm256_fmsub_ps(ds, i8hi_ps(q1), dm);
     }
 };
 
