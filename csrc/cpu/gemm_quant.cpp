@@ -5,8 +5,9 @@
 // Numerics (the choice, docs/ops.md "Quantized weights"): BIT-IDENTICAL to gemm with the
 // dequantized float32 weights at the same SIMD level. quant_simd.h forms every weight's value bit
 // for bit (the formats' products are exact in float32 and q4_k's one rounding happens where the
-// reference's does), and the products are accumulated exactly like gemm.cpp's fp32 tiles: lane l of one accumulator per output sums
-// x[m, k] · w[n, k] for k ≡ l (mod W) in increasing k (fused multiply-add), then S::hsum's tree.
+// reference's does), and the products are accumulated exactly like gemm.cpp's fp32 tiles: lane l
+// of one accumulator per output sums x[m, k] · w[n, k] for k ≡ l (mod W) in increasing k (fused
+// multiply-add), then S::hsum's tree.
 // Row-batch invariance (a row's bits never depend on M, its tile, or the thread count) is
 // therefore inherited from the fp32 path, and the tests compare bit for bit.
 //
