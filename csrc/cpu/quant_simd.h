@@ -98,9 +98,11 @@ struct Deq<simd::Avx512, BlockQ4_0> {
 // bit layout: sc[j] = s[j] & 63, m[j] = s[4 + j] & 63 for j < 4, sc[4 + i] = (s[8 + i] & 15) |
 // (s[i] >> 6) << 4, m[4 + i] = (s[8 + i] >> 4) | (s[4 + i] >> 6) << 4).
 struct K4Scales {
-    float ds[8], dm[8];
+    float ds[8], dm[8];  // adjacent: the AVX-512 prep writes both with one 16-lane store
 };
-LFM2_TARGET_AVX2 inline K4Scales k4_scales(const BlockQ4_K& b) {
+static_assert(sizeof(K4Scales) == 64, "ds and dm adjacent");
+// The packed 6-bit values r = [sc[0..7], m[0..7]] (bytes) and e's halves d, dmin as floats.
+LFM2_TARGET_AVX2 inline __m128i k4_unpack(const BlockQ4_K& b, __m128& dd) {
     // The block's first 16 bytes as dwords e0 = d | dmin, e1..e3 = scales[0..11]; dword lanes of
     // r = [sc[0..3], sc[4..7], m[0..3], m[4..7]] (one byte each):
     //   [e1 & 3F, (e3 & 0F) | (e1 >> 2) & 30, e2 & 3F, (e3 >> 4) & 0F | (e2 >> 2) & 30] (per byte)
@@ -110,8 +112,12 @@ LFM2_TARGET_AVX2 inline K4Scales k4_scales(const BlockQ4_K& b) {
     const __m128i lo = _mm_and_si128(_mm_srlv_epi32(p, _mm_setr_epi32(0, 0, 0, 4)),
                                      _mm_setr_epi32(0x3F3F3F3F, 0x0F0F0F0F, 0x3F3F3F3F, 0x0F0F0F0F));
     const __m128i hi = _mm_and_si128(_mm_srli_epi32(q, 2), _mm_setr_epi32(0, 0x30303030, 0, 0x30303030));
-    const __m128i r = _mm_or_si128(lo, hi);
-    const __m128 dd = _mm_cvtph_ps(e);  // d, dmin, ...
+    dd = _mm_cvtph_ps(e);  // d, dmin, ...
+    return _mm_or_si128(lo, hi);
+}
+LFM2_TARGET_AVX2 inline K4Scales k4_scales(const BlockQ4_K& b) {
+    __m128 dd;
+    const __m128i r = k4_unpack(b, dd);
     K4Scales s;
     _mm256_storeu_ps(s.ds, _mm256_mul_ps(_mm256_broadcastss_ps(dd), _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(r))));
     _mm256_storeu_ps(s.dm, _mm256_mul_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dd)),
@@ -124,7 +130,15 @@ struct Deq<simd::Avx512, BlockQ4_K> {
     // group g = sub-blocks 2g (low nibbles of qs[32g .. 32g + 31]) and 2g + 1 (their high nibbles)
     static constexpr int kGroups = 4, kWeights = 64;
     using Prep = K4Scales;
-    LFM2_TARGET_AVX512 static inline Prep prep(const BlockQ4_K& b) { return k4_scales(b); }
+    LFM2_TARGET_AVX512 static inline Prep prep(const BlockQ4_K& b) {  // ds and dm in one 16-lane product
+        __m128 dd;
+        const __m128i r = k4_unpack(b, dd);
+        const __m512i sel = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);  // d ×8, dmin ×8
+        Prep p;
+        _mm512_storeu_ps(p.ds, _mm512_mul_ps(_mm512_permutexvar_ps(sel, _mm512_castps128_ps512(dd)),
+                                             _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(r))));
+        return p;
+    }
     // Sub-block j's 16 values: lane i = (ds · float(i)) − dm (ds · i is exact: one rounding, as the reference)
     LFM2_TARGET_AVX512 static inline __m512 table(const Prep& p, int j) {
         return _mm512_fmsub_ps(_mm512_set1_ps(p.ds[j]), iota16(), _mm512_set1_ps(p.dm[j]));
