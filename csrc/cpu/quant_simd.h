@@ -53,6 +53,9 @@ struct Deq<simd::Scalar, B> {
 
 // ----------------------------------------------------------------------------- AVX-512
 
+// An f16 scale in all 16 lanes (broadcast as f16, converted in the vector: 2 instructions).
+LFM2_TARGET_AVX512 inline __m512 bcast_f16(uint16_t h) { return _mm512_cvtph_ps(_mm256_set1_epi16(short(h))); }
+
 // 16 int8 lanes as floats.
 LFM2_TARGET_AVX512 inline __m512 i8_ps(__m128i q) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)); }
 
@@ -62,7 +65,7 @@ struct Deq<simd::Avx512, BlockQ8_0> {
     struct Prep {
         __m512 d;
     };
-    LFM2_TARGET_AVX512 static inline Prep prep(const BlockQ8_0& b) { return {_mm512_set1_ps(_cvtsh_ss(b.d))}; }
+    LFM2_TARGET_AVX512 static inline Prep prep(const BlockQ8_0& b) { return {bcast_f16(b.d)}; }
     LFM2_TARGET_AVX512 static inline void group(const BlockQ8_0& b, const Prep& p, int, __m512* v) {
         for (int i = 0; i < 2; ++i) {
             const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs + 16 * i));
@@ -83,7 +86,7 @@ struct Deq<simd::Avx512, BlockQ4_0> {
         __m512 table;  // lane i: d · float(i − 8), the value of nibble i
     };
     LFM2_TARGET_AVX512 static inline Prep prep(const BlockQ4_0& b) {
-        return {_mm512_mul_ps(_mm512_set1_ps(_cvtsh_ss(b.d)), _mm512_sub_ps(iota16(), _mm512_set1_ps(8.0f)))};
+        return {_mm512_mul_ps(bcast_f16(b.d), _mm512_sub_ps(iota16(), _mm512_set1_ps(8.0f)))};
     }
     LFM2_TARGET_AVX512 static inline void group(const BlockQ4_0& b, const Prep& p, int, __m512* v) {
         // vpermps reads only the low 4 bits of each index: the low nibble as is, the high one after a shift
