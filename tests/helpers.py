@@ -16,6 +16,7 @@ import os
 
 import numpy as np
 import pytest
+from lfm2engine import quant
 from lfm2engine.backends.cases import as_weight  # noqa: F401  (re-exported: float32 weights as f32 / bf16 bits / f16)
 
 # Unit roundoff (machine epsilon) per dtype name; bf16 keeps 8 significant bits.
@@ -86,10 +87,28 @@ def bf16_to_f32(b: np.ndarray) -> np.ndarray:
 
 
 def weight_as_f64(w: np.ndarray) -> np.ndarray:
-    """The exact value of a weight array (f32, f16 or bf16 bits in uint16) as float64."""
+    """The exact value of a weight array (f32, f16, bf16 bits in uint16, or a quantized block array:
+    its dequantized float32 values, lfm2engine.quant.dequantize) as float64."""
+    if quant.is_quantized(w):
+        return quant.dequantize(w).astype(np.float64)
     if w.dtype == np.uint16:
         return bf16_to_f32(w).astype(np.float64)
     return w.astype(np.float64)
+
+
+def random_blocks(rng, qtype: str, rows: int, k: int) -> np.ndarray:
+    """A [rows, k / block] block array of quantized type `qtype` with every byte random (codes, packed
+    scales, signs) except the f16 scales d / dmin, which are random FINITE halves (subnormal to 65504,
+    either sign); row 0's first block is all zero bytes. Covers values no quantizer would write."""
+    q = quant.get(qtype)
+    a = rng.integers(0, 256, (rows, k // q.block * q.nbytes), dtype=np.uint8).view(q.dtype).reshape(rows, -1)
+    for field in ("d", "dmin"):
+        if field in q.dtype.names:
+            bits = rng.integers(0, 1 << 16, a.shape, dtype=np.uint16)
+            bits[(bits & 0x7C00) == 0x7C00] &= 0xBFFF  # exponent all ones (inf / NaN) -> a finite value
+            a[field] = bits.view(np.float16)
+    a[0, 0] = np.zeros((), q.dtype)
+    return a
 
 
 # ----------------------------------------------------------------------------- what may skip

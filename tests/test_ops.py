@@ -1,6 +1,11 @@
 """The op test harness: every op case of lfm2engine.backends.cases on every backend, against the
 float64 NumPy reference (python/lfm2engine/reference.py).
 
+Weights: gemm, embedding and the experts run with every float weight dtype (WDTYPES) and every
+block-quantized type (QDTYPES: q8_0, q4_0, q4_k, q6_k, at the QSHAPES widths that are whole blocks),
+against the reference on the dequantized weights (quant.dequantize, helpers.weight_as_f64);
+test_ops_cpu.py checks the CPU's exact mode bit for bit against gemm on the dequantized weights.
+
 Backends: `numpy` (the executable op contract, backends/numpy_ops.py), `cpu` at every SIMD level
 this machine has (avx512, avx2, scalar), and `cuda` (skipped only where no GPU exists). One test
 body per op: the case is built once (cases.py), run through `OpBackend.run` (upload, call,
@@ -24,7 +29,7 @@ import pytest
 from helpers import assert_close, cuda_missing, import_core, weight_as_f64
 from lfm2engine import reference as ref
 from lfm2engine.backends import cases, numpy_ops
-from lfm2engine.backends.cases import SHAPES, WDTYPES
+from lfm2engine.backends.cases import SHAPES
 
 _core = import_core()
 _NO_GPU = cuda_missing(_core)  # skips only where no GPU is visible
@@ -85,8 +90,7 @@ def backend(request):
 # ----------------------------------------------------------------------------- dense ops
 
 
-@pytest.mark.parametrize("wdtype", WDTYPES)
-@pytest.mark.parametrize("t,n,k", SHAPES["gemm"])
+@pytest.mark.parametrize("wdtype,t,n,k", cases.params("gemm"))
 def test_gemm(backend, wdtype, t, n, k, rng):
     out, x, w = cases.gemm(rng, t, n, k, wdtype).args
     if wdtype == "float16" and backend.f16_activations:
@@ -96,8 +100,7 @@ def test_gemm(backend, wdtype, t, n, k, rng):
     assert_close(got, want, k=k, factor=8.0, name=f"{backend} gemm {wdtype} T={t} N={n} K={k}")
 
 
-@pytest.mark.parametrize("wdtype", WDTYPES)
-@pytest.mark.parametrize("v,d,t", SHAPES["embedding"])
+@pytest.mark.parametrize("wdtype,v,d,t", cases.params("embedding"))
 def test_embedding(backend, wdtype, v, d, t, rng):
     call = cases.embedding(rng, v, d, t, wdtype)
     _, table, ids = call.args
@@ -257,13 +260,12 @@ def moe_tol(backend, wdtype, k):
 
 
 def expert_ref(x, e, w13, w2):
-    fe = w2.shape[2]
+    fe = w13.shape[1] // 2  # (w2 may be a block array, its last axis counting blocks)
     gu = weight_as_f64(w13[e]) @ x.astype(np.float64)
     return weight_as_f64(w2[e]) @ ref.swiglu(gu[:fe], gu[fe:])
 
 
-@pytest.mark.parametrize("wdtype", WDTYPES)
-@pytest.mark.parametrize("e,d,fe,n", SHAPES["moe_expert_rows"])
+@pytest.mark.parametrize("wdtype,e,d,fe,n", cases.params("moe_expert_rows"))
 def test_moe_expert_rows(backend, wdtype, e, d, fe, n, rng):
     out, x, eids, w13, w2 = cases.moe_expert_rows(rng, e, d, fe, n, wdtype).args
     if wdtype == "float16" and backend.f16_activations:
@@ -274,8 +276,7 @@ def test_moe_expert_rows(backend, wdtype, e, d, fe, n, rng):
     assert (got[eids < 0] == 0).all()
 
 
-@pytest.mark.parametrize("wdtype", WDTYPES)
-@pytest.mark.parametrize("t,e,k,d,fe", SHAPES["moe_experts"])
+@pytest.mark.parametrize("wdtype,t,e,k,d,fe", cases.params("moe_experts"))
 def test_moe_experts(backend, wdtype, t, e, k, d, fe, rng):
     out, x, ids, w, w13, w2 = cases.moe_experts(rng, t, e, k, d, fe, wdtype).args
     if wdtype == "float16" and backend.f16_activations:
@@ -329,6 +330,9 @@ def test_every_case_list_has_a_test_and_a_builder():
         assert any(t == op or t.startswith(op + "_") for t in tested), f"no harness test for {op}"
     for op, _, kw in cases.REAL:
         assert op in SHAPES and callable(getattr(cases, op)), op
+    for op in cases.QSHAPES:  # the quantized shapes run through the same tests (cases.params)
+        assert op in SHAPES
+        assert any(p[0] in cases.QDTYPES for p in cases.params(op)), f"no quantized case fits {op}"
 
 
 def test_cases_are_deterministic():

@@ -15,10 +15,11 @@ import os
 
 import numpy as np
 import pytest
-from helpers import as_weight, assert_close, bf16_bits, bf16_to_f32, import_core, weight_as_f64
+from helpers import as_weight, assert_close, bf16_bits, bf16_to_f32, import_core, random_blocks, weight_as_f64
+from lfm2engine import quant
 from lfm2engine import reference as ref
 from lfm2engine.backends import cases
-from lfm2engine.backends.cases import SHAPES, WDTYPES, i32, rand
+from lfm2engine.backends.cases import QDTYPES, SHAPES, WDTYPES, i32, rand
 
 _core = import_core()
 cpu = _core.cpu
@@ -290,6 +291,78 @@ def test_bf16_dot_mode_is_off_by_default_and_refused_without_avx512bf16():
     _core.set_bf16_dot(False)  # turning it off is always allowed
 
 
+# ----------------------------------------------------------------------------- quantized weights (exact mode)
+# csrc/cpu/gemm_quant.cpp: weights decoded in registers for T <= 16 (T <= 4 for q4_k / q6_k on
+# AVX-512), into fp32 panels above; both must give exactly gemm's bits on the dequantized float32
+# weights at the same SIMD level.
+
+
+def check_equals_dequantized(x, w):
+    out, want = np.full((x.shape[0], w.shape[0]), np.nan, np.float32), np.empty((x.shape[0], w.shape[0]), np.float32)
+    cpu.gemm(out, x, w)
+    cpu.gemm(want, x, quant.dequantize(w))
+    assert np.array_equal(out, want), f"max |diff| {np.nanmax(np.abs(out - want)):.3g}"
+
+
+@pytest.mark.parametrize("qtype", QDTYPES)
+@pytest.mark.parametrize("t,n,k", [(1, 5, 256), (2, 4, 512), (4, 9, 768), (13, 17, 256), (16, 33, 512), (17, 9, 1280),
+                                   (48, 20, 2048), (3, 2 * FE, D), (1, D, FE)])
+def test_gemm_quant_bit_identical_to_dequantized(level, qtype, t, n, k, rng):
+    check_equals_dequantized(rand(rng, t, k), as_weight(rand(rng, n, k, scale=0.05), qtype))
+
+
+@pytest.mark.parametrize("qtype", QDTYPES)
+def test_gemm_quant_random_blocks(level, qtype, rng):
+    """Every code, packed scale and sign pattern, f16 scales from subnormal to 65504 (helpers.random_blocks):
+    bit-identical to the dequantized weights, in registers (T = 3) and in panels (T = 20)."""
+    w = random_blocks(rng, qtype, 23, 512)
+    for t in (3, 20):
+        check_equals_dequantized(rand(rng, t, 512), w)
+
+
+@pytest.mark.parametrize("qtype", QDTYPES)
+def test_gemm_quant_decodes_exact_weights(level, qtype, rng):
+    """x = rows of the identity: out[m, n] = w[n, m] exactly (1·w plus zeros), so each decoder (the
+    SIMD registers for 16-row slices, the panels for the whole identity) must yield
+    quant.dequantize's values themselves."""
+    k = 256
+    w = random_blocks(rng, qtype, 9, k)
+    want = quant.dequantize(w).T
+    eye = np.eye(k, dtype=np.float32)
+    full = np.full((k, 9), np.nan, np.float32)
+    cpu.gemm(full, eye, w)
+    assert np.array_equal(full, want)
+    for m0 in range(0, k, 16):
+        part = np.full((16, 9), np.nan, np.float32)
+        cpu.gemm(part, eye[m0 : m0 + 16], w)
+        assert np.array_equal(part, want[m0 : m0 + 16]), f"rows {m0}.."
+
+
+@pytest.mark.parametrize("qtype", QDTYPES)
+@pytest.mark.parametrize("k", [256, 1280])  # 1280: the panels' K-blocked fp32 tiles with a tail
+def test_gemm_quant_row_batch_invariance(level, qtype, k, rng):
+    """A row's bits never depend on M (M = 1..13 prefixes, and 37: the panel driver; single rows:
+    the register driver), its position, the order of rows, or the thread count."""
+    m, n = 37, 301
+    x, w = rand(rng, m, k), as_weight(rand(rng, n, k), qtype)
+    check_row_batch_invariance(x, w, rng)
+    full = np.empty((m, n), np.float32)
+    cpu.gemm(full, x, w)
+    for mm in range(1, 14):
+        part = np.empty((mm, n), np.float32)
+        cpu.gemm(part, x[:mm], w)
+        assert np.array_equal(part, full[:mm]), f"M={mm} differs"
+
+
+def test_gemm_quant_strided_expert_slices(level, rng):
+    """The experts call gemm_raw on one expert's slice of a block array [E, N, K]: a slice view works
+    and equals the dequantized slice bit for bit."""
+    w = as_weight(rand(rng, 3, 24, 256), "q4_k")
+    x = rand(rng, 5, 256)
+    for e in range(3):
+        check_equals_dequantized(x, w[e])
+
+
 def test_gemm_column_invariance(level, rng):
     """An output column is the same whatever N: full register tiles (4-way reduction) and the
     column tail (single reduction) must sum in the same order."""
@@ -481,10 +554,11 @@ def test_moe_expert_rows_real_shapes(wdtype, rng):
         assert_close(out[rows], want, k=D + FE, factor=8.0, name=f"real expert {e}")
 
 
-def test_moe_expert_rows_batch_invariance(level, rng):
+@pytest.mark.parametrize("wdtype,d,fe", [("bfloat16", 40, 36), ("q4_0", 64, 32), ("q6_k", 256, 256)])
+def test_moe_expert_rows_batch_invariance(level, wdtype, d, fe, rng):
     """The EP/TP building block: a row's output is bit-identical however rows are grouped."""
-    e, d, fe, n = 6, 40, 36, 23
-    w13, w2 = cases.experts(rng, e, d, fe, "bfloat16")
+    e, n = 6, 23
+    w13, w2 = cases.experts(rng, e, d, fe, wdtype)
     x = rand(rng, n, d)
     eids = i32(rng.integers(-1, e, n))
     full = np.empty((n, d), np.float32)

@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .. import quant
 from ..checkpoint import f32_to_bf16
 
 # LFM2-8B-A1B: hidden, query heads, KV heads, head dim, dense FFN, expert FFN, experts, top-k,
@@ -27,6 +28,7 @@ LFM2_8B = SimpleNamespace(D=2048, H=32, HKV=8, DH=64, F=7168, FE=1792, E=32, K=4
 _M = LFM2_8B
 
 WDTYPES = ("float32", "bfloat16", "float16")
+QDTYPES = ("q8_0", "q4_0", "q4_k", "q6_k")  # block-quantized weights (lfm2engine.quant, GGUF layouts)
 
 
 class Call(NamedTuple):
@@ -49,7 +51,10 @@ def nan_out(*shape) -> np.ndarray:
 
 
 def as_weight(w32: np.ndarray, wdtype: str) -> np.ndarray:
-    """float32 weights stored as 'float32', 'bfloat16' (uint16 bits) or 'float16'."""
+    """float32 weights stored as 'float32', 'bfloat16' (uint16 bits), 'float16' or a quantized type of
+    QDTYPES (a block array [..., K / block], quant.quantize)."""
+    if wdtype in QDTYPES:
+        return quant.quantize(w32, wdtype)
     if wdtype == "float32":
         return np.ascontiguousarray(w32, dtype=np.float32)
     if wdtype == "bfloat16":
@@ -91,6 +96,32 @@ SHAPES = {
     "argmax": [(1, 1), (3, 17), (5, 100), (2, _M.V), (70, 1000)],  # (T, V)
 }
 
+# The quantized weight cases (QDTYPES): weight widths are whole blocks, 32 weights for q8_0 / q4_0 and
+# 256 for q4_k / q6_k (`params` drops the shapes a type cannot hold). gemm: T across the in-register
+# driver's limits (16; 4 for the k-quants on AVX-512) and its MR = 4 tiles, N across the
+# NR = 4 tiles, K = 1280 (the fp32 panel's K-blocked tiles, with a tail), real widths.
+QSHAPES = {
+    "gemm": [(1, 1, 32), (2, 5, 96), (7, 13, 160), (1, 7, 256), (3, 17, 256), (13, 31, 768), (16, 9, 512),
+             (17, 9, 512), (37, 45, 1280), (64, 40, 256), (1, 64, _M.D), (5, 6, _M.FE)],
+    "embedding": [(1, 32, 1), (97, 256, 7), (131, 512, 13)],  # (V, D, T)
+    "moe_expert_rows": [(5, 64, 32, 11), (3, 256, 256, 2), (4, 512, 256, 40)],  # (E, D, Fe, rows)
+    "moe_experts": [(1, 6, 3, 64, 96), (13, 7, 2, 256, 256), (17, 5, 2, 256, 512), (1, _M.E, _M.K, _M.D, _M.FE)],
+}
+
+# Where each op's shape holds its weight widths: (index of D, index of Fe) or (index of K,).
+_WIDTHS = {"gemm": (2,), "embedding": (1,), "moe_expert_rows": (1, 2), "moe_experts": (3, 4)}
+
+
+def params(op: str) -> list[tuple]:
+    """(wdtype, *shape) for op: every float weight dtype with SHAPES[op], then every quantized type
+    with the QSHAPES[op] shapes whose weight widths are whole blocks of that type."""
+    out = [(wd, *shape) for wd in WDTYPES for shape in SHAPES[op]]
+    for q in QDTYPES:
+        block = quant.get(q).block
+        out += [(q, *shape) for shape in QSHAPES[op] if all(shape[i] % block == 0 for i in _WIDTHS[op])]
+    return out
+
+
 # LFM2-8B-A1B's own shapes at batch-1 decode (T = 1) and a 512-token prefill: what the per-op
 # benchmark times. Each entry: (op, label, builder kwargs).
 REAL = [
@@ -108,6 +139,18 @@ REAL = [
     ("shortconv", "prefill T=512", dict(d=_M.D, lk=_M.L, seq=[0] * 512)),
     *[("moe_route", f"T={t}", dict(t=t, e=_M.E, k=_M.K, norm=True, scale=1.0)) for t in (1, 512)],
     *[("moe_experts", f"T={t}", dict(t=t, e=_M.E, k=_M.K, d=_M.D, fe=_M.FE, wdtype="bfloat16")) for t in (1, 16)],
+    # Quantized weights (exact mode) next to bf16 at the same shapes: the projections, one expert's
+    # two GEMMs (w13 [2 Fe, D], w2 [D, Fe]) and the tied LM head; decode (T = 1, 16) and prefill
+    # (bf16 only where the list above does not time it already; fp32 weights at T = 512).
+    *[("gemm", f"{wd} {name} T={t}", dict(t=t, n=n, k=k, wdtype=wd, scale=0.02))
+      for name, n, k in (("in_proj", 3 * _M.D, _M.D), ("out_proj", _M.D, _M.D), ("expert_w13", 2 * _M.FE, _M.D),
+                         ("expert_w2", _M.D, _M.FE), ("lm_head", _M.V, _M.D))
+      for t in (1, 16, 512)
+      for wd in ("float32", "bfloat16") + QDTYPES
+      if (wd != "bfloat16" or name.startswith("expert") or t == 16)
+      and (wd != "float32" or (t == 512 and name != "lm_head"))],  # fp32 weights: the prefill rate to match
+    *[("moe_experts", f"{wd} T={t}", dict(t=t, e=_M.E, k=_M.K, d=_M.D, fe=_M.FE, wdtype=wd))
+      for t in (1, 16) for wd in QDTYPES],
     ("argmax", "T=16", dict(t=16, v=_M.V)),
 ]
 

@@ -2,10 +2,10 @@
 
 Lets the engine's shared logic (sessions, ragged batches, trees, rollback, parallel plans) run
 and be tested without the compiled extension, and documents the contract executably. Weights
-may be f32, f16, bf16 bits (uint16) or block-quantized
-(quant.py: computed with the dequantized values, the exact mode's definition). Like the C++ kernels, every op is row-batch invariant:
-gemm multiplies one row at a time (a BLAS call over several rows may pick another kernel, and
-another summation order, for another row count). Slow; never on a hot path.
+may be f32, f16, bf16 bits (uint16) or block-quantized (lfm2engine.quant: used as their
+dequantized float32 values, the exact numerics mode's definition). Like the C++ kernels, every op
+is row-batch invariant: gemm multiplies one row at a time (a BLAS call over several rows may pick
+another kernel, and another summation order, for another row count). Slow; never on a hot path.
 """
 
 import numpy as np
