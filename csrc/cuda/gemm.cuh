@@ -58,6 +58,50 @@ __device__ __forceinline__ int64_t gemm_orow(const GemmProblem& p, int r) {
     return p.orow ? int64_t(p.orow[r]) : int64_t(r);
 }
 
+// The fp32 tile step of the shared-memory kernels (gemm_f32.cu's float weights,
+// gemm_quant_kernels.cuh's dequantized blocks): acc[i][j] += As[kk][ty TM + i] · Bs[kk][tx TN + j]
+// for kk < BK in increasing kk with fmaf, so both kernels round alike.
+template <int BK, int TM, int TN, int LDA, int LDB>
+__device__ __forceinline__ void tile_fma(const float (*As)[LDA], const float (*Bs)[LDB], float (&acc)[TM][TN], int tx,
+                                         int ty) {
+#pragma unroll
+    for (int kk = 0; kk < BK; ++kk) {
+        float a[TM], b[TN];
+#pragma unroll
+        for (int i = 0; i < TM; i += 4) {
+            const float4 v = *reinterpret_cast<const float4*>(&As[kk][ty * TM + i]);
+            a[i] = v.x, a[i + 1] = v.y, a[i + 2] = v.z, a[i + 3] = v.w;
+        }
+#pragma unroll
+        for (int j = 0; j < TN; j += 4) {
+            const float4 v = *reinterpret_cast<const float4*>(&Bs[kk][tx * TN + j]);
+            b[j] = v.x, b[j + 1] = v.y, b[j + 2] = v.z, b[j + 3] = v.w;
+        }
+#pragma unroll
+        for (int i = 0; i < TM; ++i)
+#pragma unroll
+            for (int j = 0; j < TN; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+    }
+}
+
+// Writes a thread's TM x TN outputs (rows ty TM + i of tile t, columns n_base + tx TN + j), skipping
+// rows past the tile and columns past N.
+template <int TM, int TN>
+__device__ __forceinline__ void tile_store(const GemmProblem& p, const GemmTile& t, const float (&acc)[TM][TN],
+                                           int n_base, int tx, int ty) {
+#pragma unroll
+    for (int i = 0; i < TM; ++i) {
+        const int r = ty * TM + i;
+        if (r >= t.mc) continue;
+        float* o = p.out + gemm_orow(p, t.r0 + r) * p.ldo;
+#pragma unroll
+        for (int j = 0; j < TN; ++j) {
+            const int n = n_base + tx * TN + j;
+            if (n < p.N) o[n] = acc[i][j];
+        }
+    }
+}
+
 // Kernel kinds. Skinny kinds stream the weights once per tile with few rows (decode, small
 // expert groups); tiled kinds stage x and w tiles in shared memory (prefill).
 enum class GemmKind {

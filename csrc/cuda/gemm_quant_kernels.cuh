@@ -127,37 +127,10 @@ __global__ void __launch_bounds__(256) gemm_q_tiled(GemmProblem p) {
             for (int v = 0; v < 8; ++v) Bs[8 * wo[i] + v][wn[i]] = w8[v];
         }
         __syncthreads();
-#pragma unroll
-        for (int kk = 0; kk < BK; ++kk) {
-            float a[TM], b[TN];
-#pragma unroll
-            for (int i = 0; i < TM; i += 4) {
-                const float4 v = *reinterpret_cast<const float4*>(&As[kk][ty * TM + i]);
-                a[i] = v.x, a[i + 1] = v.y, a[i + 2] = v.z, a[i + 3] = v.w;
-            }
-#pragma unroll
-            for (int j = 0; j < TN; j += 4) {
-                const float4 v = *reinterpret_cast<const float4*>(&Bs[kk][tx * TN + j]);
-                b[j] = v.x, b[j + 1] = v.y, b[j + 2] = v.z, b[j + 3] = v.w;
-            }
-#pragma unroll
-            for (int i = 0; i < TM; ++i)
-#pragma unroll
-                for (int j = 0; j < TN; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
-        }
+        tile_fma<BK>(As, Bs, acc, tx, ty);
         __syncthreads();
     }
-#pragma unroll
-    for (int i = 0; i < TM; ++i) {
-        const int r = ty * TM + i;
-        if (r >= t.mc) continue;
-        float* o = p.out + gemm_orow(p, t.r0 + r) * p.ldo;
-#pragma unroll
-        for (int j = 0; j < TN; ++j) {
-            const int n = n_base + tx * TN + j;
-            if (n < p.N) o[n] = acc[i][j];
-        }
-    }
+    tile_store(p, t, acc, n_base, tx, ty);
 }
 
 }  // namespace lfm2::cuda::qgemm
