@@ -167,3 +167,23 @@ def small_model():
                                            num_key_value_heads=2, vocab_size=50, intermediate_size=24,
                                            moe_intermediate_size=8)
     return cfg, {n: make_tensor(cfg, n, s) for n, s in expected_tensors(cfg).items()}
+
+
+ALL_SIMD_LEVELS = ("avx512", "avx2", "scalar")
+
+
+def simd_levels(core) -> tuple[str, ...]:
+    """The SIMD levels this CPU runs, best first: CPU tests run at each of them."""
+    return ALL_SIMD_LEVELS[ALL_SIMD_LEVELS.index(core.detected_simd_level()):]
+
+
+def set_simd_level(core, level: str) -> str:
+    core.set_simd_level(level)
+    assert core.simd_level() == level
+    return level
+
+
+def reset_core(core) -> None:
+    """Back to the CPU's best SIMD level and the default thread count (after a test changed them)."""
+    core.set_simd_level(core.detected_simd_level())
+    core.set_num_threads(0)

@@ -15,7 +15,8 @@ import os
 
 import numpy as np
 import pytest
-from helpers import as_weight, assert_close, bf16_bits, bf16_to_f32, import_core, random_blocks, weight_as_f64
+from helpers import (ALL_SIMD_LEVELS, as_weight, assert_close, bf16_bits, bf16_to_f32, import_core, random_blocks,
+                     reset_core, set_simd_level, simd_levels, weight_as_f64)
 from lfm2engine import quant
 from lfm2engine import reference as ref
 from lfm2engine.backends import cases
@@ -24,8 +25,8 @@ from lfm2engine.backends.cases import QDTYPES, SHAPES, WDTYPES, i32, rand
 _core = import_core()
 cpu = _core.cpu
 
-ALL_LEVELS = ("avx512", "avx2", "scalar")
-LEVELS = ALL_LEVELS[ALL_LEVELS.index(_core.detected_simd_level()) :]
+ALL_LEVELS = ALL_SIMD_LEVELS
+LEVELS = simd_levels(_core)
 # LFM2-8B-A1B
 D, H, HKV, DH, F, FE, E, K, L, V = (getattr(cases.LFM2_8B, n) for n in "D H HKV DH F FE E K L V".split())
 
@@ -33,15 +34,12 @@ D, H, HKV, DH, F, FE, E, K, L, V = (getattr(cases.LFM2_8B, n) for n in "D H HKV 
 @pytest.fixture(autouse=True)
 def _restore_core_state():
     yield
-    _core.set_simd_level(_core.detected_simd_level())
-    _core.set_num_threads(0)
+    reset_core(_core)
 
 
 @pytest.fixture(params=LEVELS)
 def level(request):
-    _core.set_simd_level(request.param)
-    assert _core.simd_level() == request.param
-    return request.param
+    return set_simd_level(_core, request.param)
 
 
 # ----------------------------------------------------------------------------- module surface

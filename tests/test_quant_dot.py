@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import assert_close, import_core
+from helpers import assert_close, import_core, reset_core, set_simd_level, simd_levels
 from lfm2engine import quant
 from lfm2engine.errors import InputError
 from lfm2engine.quant_dot import qdot_reference, quantize_activations
@@ -25,8 +25,7 @@ from lfm2engine.quant_dot import qdot_reference, quantize_activations
 _core = import_core()
 cpu = _core.cpu
 
-ALL_LEVELS = ("avx512", "avx2", "scalar")
-LEVELS = ALL_LEVELS[ALL_LEVELS.index(_core.detected_simd_level()):]
+LEVELS = simd_levels(_core)
 TYPES = ("q8_0", "q4_0", "q4_k", "q6_k")
 
 
@@ -35,15 +34,12 @@ def _restore_core_state():
     was = _core.quant_dot()
     yield
     _core.set_quant_dot(was)
-    _core.set_simd_level(_core.detected_simd_level())
-    _core.set_num_threads(0)
+    reset_core(_core)
 
 
 @pytest.fixture(params=LEVELS)
 def level(request):
-    _core.set_simd_level(request.param)
-    assert _core.simd_level() == request.param
-    return request.param
+    return set_simd_level(_core, request.param)
 
 
 @pytest.fixture
