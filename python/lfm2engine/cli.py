@@ -99,13 +99,12 @@ def enable_bf16_dot(dtype: str, device: str) -> None:
 
 def numerics() -> str:
     """The numerics modes of the compiled ops that change results (every MPI rank must agree on
-    them, parallel.check_same_model): the SIMD path, the bf16 dot mode and, where the core has
-    it, the quantized-activation dot mode of the block types (LFM2_QUANT_DOT)."""
+    them, parallel.check_same_model): the SIMD path, the bf16 dot mode and the quantized-activation
+    dot mode of the block types (LFM2_QUANT_DOT)."""
     from . import _core
 
     out = f"simd {_core.simd_level()}, bf16 dot {'on' if _core.bf16_dot() else 'off'}"
-    if hasattr(_core, "quant_dot"):
-        out += f", quant dot {'on' if _core.quant_dot() else 'off'}"
+    out += f", quant dot {'on' if _core.quant_dot() else 'off'}"
     return out
 
 
