@@ -102,6 +102,25 @@ __device__ __forceinline__ void tile_store(const GemmProblem& p, const GemmTile&
     }
 }
 
+// The skinny kernels' epilogue: each lane holds partial sums acc[m][j] for rows m < MR of tile t and
+// weight rows n0 + j (j < NW); the warp sums them (warp_sum's fixed tree) and lane j writes row m's
+// output n0 + j, skipping rows past the tile and columns past N.
+template <int MR, int NW>
+__device__ __forceinline__ void warp_store(const GemmProblem& p, const GemmTile& t, const float (&acc)[MR][NW], int n0,
+                                           int lane) {
+#pragma unroll
+    for (int m = 0; m < MR; ++m) {
+        if (m < t.mc) {
+            float* o = p.out + gemm_orow(p, t.r0 + m) * p.ldo;
+#pragma unroll
+            for (int j = 0; j < NW; ++j) {
+                const float s = warp_sum(acc[m][j]);
+                if (lane == j && n0 + j < p.N) o[n0 + j] = s;
+            }
+        }
+    }
+}
+
 // Kernel kinds. Skinny kinds stream the weights once per tile with few rows (decode, small
 // expert groups); tiled kinds stage x and w tiles in shared memory (prefill).
 enum class GemmKind {

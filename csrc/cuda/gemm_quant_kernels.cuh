@@ -61,17 +61,7 @@ __global__ void __launch_bounds__(kQWarps * 32) gemm_q_skinny(GemmProblem p) {
             }
         }
     }
-#pragma unroll
-    for (int m = 0; m < MR; ++m) {
-        if (m < t.mc) {
-            float* o = p.out + gemm_orow(p, t.r0 + m) * p.ldo;
-#pragma unroll
-            for (int j = 0; j < kQNW; ++j) {
-                const float s = warp_sum(acc[m][j]);
-                if (lane == j && n0 + j < p.N) o[n0 + j] = s;
-            }
-        }
-    }
+    warp_store(p, t, acc, n0, lane);
 }
 
 // BM x BN output tile, 256 threads as 16 x 16, each TM x TN outputs; k tiles of 32 (K is a
