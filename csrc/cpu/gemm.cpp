@@ -38,14 +38,6 @@ struct Tile<simd::Avx2> {
     static constexpr int MR = 2, NR = 4;
 };
 
-constexpr int64_t kPrefetchBytes = 8192;
-
-// Elements from a weight row's current position to its prefetch target: at least
-// kPrefetchBytes, or one tile of NR rows (ldw elements of elem_bytes each) ahead.
-inline int64_t prefetch_offset(int NR, int64_t ldw, int64_t elem_bytes) {
-    return std::max<int64_t>(NR, kPrefetchBytes / std::max<int64_t>(1, ldw * elem_bytes)) * ldw;
-}
-
 // out[i, j] (i < MR, j < NR) = dot(x row i, w row j) over k < K. The blocked form runs one K block:
 // x and w point at the block's first column, K is the block's length, and the lane accumulators
 // live in spill (W floats per (i, j)) between blocks: loaded unless `first`, stored unless `last`,
@@ -87,12 +79,7 @@ LFM2_KERNEL void dot_tile(const float* x, int64_t ldx, const WT* w, int64_t ldw,
             for (int j = 0; j < NR; ++j) S::store(spill + (i * NR + j) * S::W, acc[i][j]);
         return;
     }
-    if constexpr (NR == 4) {
-        for (int i = 0; i < MR; ++i) S::hsum4(acc[i][0], acc[i][1], acc[i][2], acc[i][3], out + i * ldo);
-    } else {
-        for (int i = 0; i < MR; ++i)
-            for (int j = 0; j < NR; ++j) out[i * ldo + j] = S::hsum(acc[i][j]);
-    }
+    store_tile_sums<S>(acc, out, ldo);
 }
 
 // K block of the blocked path (a multiple of every W). The MR × KC block of x is copied to a
@@ -201,12 +188,7 @@ LFM2_TARGET_AVX512BF16 inline __attribute__((always_inline)) void dotbf_tile(con
             for (int i = 0; i < MR; ++i) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], xv[i], wv);
         }
     }
-    if constexpr (NR == 4) {
-        for (int i = 0; i < MR; ++i) S::hsum4(acc[i][0], acc[i][1], acc[i][2], acc[i][3], out + i * ldo);
-    } else {
-        for (int i = 0; i < MR; ++i)
-            for (int j = 0; j < NR; ++j) out[i * ldo + j] = S::hsum(acc[i][j]);
-    }
+    store_tile_sums<S>(acc, out, ldo);
 }
 
 template <int R>

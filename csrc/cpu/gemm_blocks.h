@@ -1,5 +1,6 @@
-// The parallel work split shared by every GEMM driver (gemm.cpp: float weights; gemm_quant.cpp:
-// block-quantized weights) and the fp32 register-tile block they may reuse. Internal to csrc/cpu.
+// What every GEMM driver shares (gemm.cpp: float weights; gemm_quant.cpp: block-quantized weights):
+// the parallel work split, the weight-row prefetch distance, the register tiles' final lane sums,
+// and the fp32 register-tile block. Internal to csrc/cpu.
 #pragma once
 
 #include <algorithm>
@@ -9,6 +10,28 @@
 #include "dispatch.h"
 
 namespace lfm2::cpu {
+
+constexpr int64_t kPrefetchBytes = 8192;
+
+// Elements from a weight row's current position to its prefetch target: at least
+// kPrefetchBytes, or one tile of NR rows (ldw elements of elem_bytes each) ahead.
+inline int64_t prefetch_offset(int NR, int64_t ldw, int64_t elem_bytes) {
+    return std::max<int64_t>(NR, kPrefetchBytes / std::max<int64_t>(1, ldw * elem_bytes)) * ldw;
+}
+
+// out[i * ldo + j] = S::hsum(acc[i][j]) for a register tile's lane accumulators (hsum4 over each
+// group of 4 weight rows: the same tree per vector, so the same bits).
+template <class S, int MR, int NR>
+LFM2_KERNEL void store_tile_sums(const typename S::F (&acc)[MR][NR], float* out, int64_t ldo) {
+    if constexpr (NR % 4 == 0) {
+        for (int i = 0; i < MR; ++i)
+            for (int j = 0; j < NR; j += 4)
+                S::hsum4(acc[i][j], acc[i][j + 1], acc[i][j + 2], acc[i][j + 3], out + i * ldo + j);
+    } else {
+        for (int i = 0; i < MR; ++i)
+            for (int j = 0; j < NR; ++j) out[i * ldo + j] = S::hsum(acc[i][j]);
+    }
+}
 
 constexpr int64_t kWeightBlockBytes = 512 * 1024;  // half of a 1-2 MiB L2
 // x rows per work item (multiples of every MR): 48, or 96 for a long prefill, where each weight

@@ -58,8 +58,6 @@ struct QTile<simd::Avx2> {
     static constexpr int MR = 2, NR = 4;
 };
 
-constexpr int64_t kPrefetchBytes = 8192;
-
 // out[i, j] (i < MR, j < NR) = Σ_k x[i, k] · w_j[k] over nb blocks; w_j = the block row at
 // w + j · rs bytes. The same per-lane order as gemm.cpp's dot_tile (K is a multiple of 32, so no tail).
 template <class S, class B, int MR, int NR>
@@ -71,8 +69,7 @@ LFM2_KERNEL void qdot_tile(const float* x, int64_t ldx, const char* w, int64_t r
     F acc[MR][NR];
     for (int i = 0; i < MR; ++i)
         for (int j = 0; j < NR; ++j) acc[i][j] = S::zero();
-    // Prefetch the rows one tile ahead (at least kPrefetchBytes): see gemm.cpp's prefetch_offset.
-    const int64_t pf = std::max<int64_t>(NR, kPrefetchBytes / std::max<int64_t>(rs, 1)) * rs;
+    const int64_t pf = prefetch_offset(NR, rs, 1);  // bytes: rows of rs bytes
     for (int64_t ib = 0; ib < nb; ++ib) {
         typename D::Prep p[NR];
         const B* blk[NR];
@@ -94,14 +91,7 @@ LFM2_KERNEL void qdot_tile(const float* x, int64_t ldx, const char* w, int64_t r
             }
         }
     }
-    if constexpr (NR % 4 == 0) {
-        for (int i = 0; i < MR; ++i)
-            for (int j = 0; j < NR; j += 4)
-                S::hsum4(acc[i][j], acc[i][j + 1], acc[i][j + 2], acc[i][j + 3], out + i * ldo + j);
-    } else {
-        for (int i = 0; i < MR; ++i)
-            for (int j = 0; j < NR; ++j) out[i * ldo + j] = S::hsum(acc[i][j]);
-    }
+    store_tile_sums<S>(acc, out, ldo);
 }
 
 // Rows [m, m + MR) × weight rows [n0, n1).
