@@ -137,7 +137,26 @@ def read_exact(fd: int, buf: np.ndarray, start: int, end: int, file: str, name: 
         done += got
 
 
-class Checkpoint:
+class TensorReader:
+    """What every checkpoint reader (Checkpoint here, GGUFCheckpoint in gguf/reading.py) derives from
+    its own names(), dtype_of(name), raw(name), f32(name) and close()."""
+
+    def bf16(self, name: str) -> np.ndarray:
+        """bf16 bits (uint16): the stored array of a BF16 tensor, else its float32 values rounded."""
+        return self.raw(name) if self.dtype_of(name) == "BF16" else f32_to_bf16(self.f32(name))
+
+    def state_dict_f32(self) -> dict[str, np.ndarray]:
+        """Every manifest tensor as float32 (for the NumPy reference)."""
+        return {n: np.array(self.f32(n)) for n in self.names()}
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown
+            pass
+
+
+class Checkpoint(TensorReader):
     """A validated checkpoint. `raw(name)` gives the on-disk array (bf16 as uint16 bits) in a
     buffer of its own; `f32(name)` converts to float32; `bf16(name)` gives bf16 bits (rounding
     f32/f16).
@@ -184,26 +203,11 @@ class Checkpoint:
             os.close(fd)
         self._fds.clear()
 
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown
-            pass
-
     def f32(self, name: str) -> np.ndarray:
         return as_f32(self.raw(name), self.refs[name].dtype)
 
-    def bf16(self, name: str) -> np.ndarray:
-        r = self.refs[name]
-        a = self.raw(name)
-        return a if r.dtype == "BF16" else f32_to_bf16(as_f32(a, r.dtype))
-
     def names(self):
         return expected_tensors(self.config).keys()
-
-    def state_dict_f32(self) -> dict[str, np.ndarray]:
-        """Every manifest tensor as float32 (for the NumPy reference)."""
-        return {n: np.array(self.f32(n)) for n in self.names()}
 
     def fingerprint(self) -> str:
         """Cheap identity of the checkpoint: tensor names, shapes, dtypes, sizes, and the first bytes."""

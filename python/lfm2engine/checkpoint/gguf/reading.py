@@ -18,9 +18,9 @@ import numpy as np
 
 from ... import quant
 from ...errors import CheckpointError
-from ..dtypes import DTYPE_TAGS, all_finite, as_f32, f32_to_bf16
+from ..dtypes import DTYPE_TAGS, all_finite, as_f32
 from ..manifest import expected_tensors, manifest_size
-from ..reading import read_exact
+from ..reading import TensorReader, read_exact
 from .layout import gguf_name, gguf_tensors
 from .meta import config_from_meta
 from .parse import Table, TensorInfo, read_table
@@ -125,7 +125,7 @@ def _report(path: str, problems: list[str]) -> str:
     return f"{path}: {len(problems)} problem(s) in the GGUF file:\n  " + "\n  ".join(shown) + more
 
 
-class GGUFCheckpoint:
+class GGUFCheckpoint(TensorReader):
     """A validated GGUF file, read like checkpoint.Checkpoint (same methods, our names)."""
 
     def __init__(self, path: str | os.PathLike):
@@ -196,14 +196,6 @@ class GGUFCheckpoint:
         a = self.raw(name)
         return quant.dequantize(a) if quant.is_quantized(a) else as_f32(a, self.dtype_of(name))
 
-    def bf16(self, name: str) -> np.ndarray:
-        if self.dtype_of(name) == "BF16":
-            return self.raw(name)
-        return f32_to_bf16(self.f32(name))
-
-    def state_dict_f32(self) -> dict[str, np.ndarray]:
-        return {n: np.array(self.f32(n)) for n in self.names()}
-
     def fingerprint(self) -> str:
         """Cheap identity: config, tensor names / types / shapes, and the embedding's first bytes."""
         h = hashlib.sha256(self.config.fingerprint().encode())
@@ -220,12 +212,6 @@ class GGUFCheckpoint:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown
-            pass
 
 
 def all_finite_blocks(a: np.ndarray) -> bool:
