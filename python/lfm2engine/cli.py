@@ -4,15 +4,17 @@
 optionally bounded, and raises InputError messages that name the flag. `resolve_prompt` turns
 `--prompt TEXT` (through the checkpoint's tokenizer.json, BOS prepended) or `--prompt-ids 1,2,3`
 into token ids. `add_dtype_flag` is the one --dtype; `enable_bf16_dot` checks and applies --bf16-dot.
+`call_or_exit_code` is the single-process CLIs' one error report (one line, exit status 2).
 Used by `lfm2engine.generate`,
 `lfm2engine.specdecode` and `lfm2engine.perplexity`.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import NamedTuple
 
-from .errors import InputError
+from .errors import InputError, LFM2Error
 from .tokenizer import Tokenizer, load_tokenizer
 
 
@@ -73,6 +75,19 @@ DTYPE_HELP = ("weight storage type; compute is fp32. float32 (the default for a 
               "bfloat16, float16; q8_0, q4_0, q4_k: block-quantized on load (GGUF's layouts; rows must split into "
               "whole blocks of 32 / 256 weights); auto: every tensor as stored (the default for a GGUF file, which "
               "loads as auto or float32 = dequantized, never re-quantized)")
+
+
+def call_or_exit_code(prog: str, fn):
+    """(fn(), 0) for a single-process command line; or, when fn raises a typed error (LFM2Error:
+    "<prog>: <Type>: <message>") or an OSError ("<prog>: <message>"), that one line on stderr and
+    (None, 2)."""
+    try:
+        return fn(), 0
+    except LFM2Error as e:
+        print(f"{prog}: {type(e).__name__}: {e}", file=sys.stderr)
+    except OSError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+    return None, 2
 
 
 def add_dtype_flag(ap) -> None:

@@ -15,7 +15,8 @@ import argparse
 import os
 import sys
 
-from .errors import InputError, LFM2Error
+from .cli import call_or_exit_code
+from .errors import InputError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,14 +59,11 @@ def run(src: str, out: str, dtype: str, name: str | None = None, quiet: bool = F
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        counts = run(args.src, args.out, args.dtype, args.name, args.quiet, tokenizer=not args.no_tokenizer)
-    except LFM2Error as e:
-        print(f"lfm2engine.quantize: {type(e).__name__}: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"lfm2engine.quantize: {e}", file=sys.stderr)
-        return 2
+    counts, code = call_or_exit_code(
+        "lfm2engine.quantize",
+        lambda: run(args.src, args.out, args.dtype, args.name, args.quiet, tokenizer=not args.no_tokenizer))
+    if code:
+        return code
     mix = ", ".join(f"{n} {t}" for t, n in sorted(counts.items()))
     print(f"wrote {args.out} ({os.path.getsize(args.out)} bytes; tensors: {mix})")
     return 0

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from .. import scaling
-from ..cli import parse_list
-from ..errors import LFM2Error
+from ..cli import call_or_exit_code, parse_list
 from .configs import SHIPPED_CONFIGS, parse_config, shipped_config_path
 from .finetune import finetune_memory
 from .inference import DEVICES, inference_cost
@@ -169,14 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        result = args.func(args)
-    except LFM2Error as e:
-        print(f"lfm2engine.costs {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"lfm2engine.costs {args.command}: {e}", file=sys.stderr)
-        return 2
+    result, code = call_or_exit_code(f"lfm2engine.costs {args.command}", lambda: args.func(args))
+    if code:
+        return code
     if args.json:
         print(json.dumps(result, indent=2))
     else:
