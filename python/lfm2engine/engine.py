@@ -64,11 +64,17 @@ def default_dtype(path) -> str:
     return "auto" if os.path.isfile(resolve_name(path)) else "float32"
 
 
-def read_config(path) -> LFM2Config:
-    """The config of a model without loading any weight: a checkpoint directory's config.json (or a
-    shipped model's), a GGUF file's metadata."""
+def read_config(path) -> tuple[LFM2Config, object]:
+    """(config, checkpoint) of a model without loading any weight. A checkpoint directory (or a
+    shipped model): its config.json alone, checkpoint None (the safetensors are validated when
+    loaded, after the caller has checked its arguments). A GGUF file: its config comes from parsing
+    and validating the file's header, so that open GGUFCheckpoint is returned too, for
+    `Engine.from_checkpoint` to load without parsing the file again."""
     p = resolve_name(path)
-    return open_checkpoint(p).config if os.path.isfile(p) else LFM2Config.from_hf(p)
+    if os.path.isfile(p):
+        ck = open_checkpoint(p)
+        return ck.config, ck
+    return LFM2Config.from_hf(p), None
 
 
 def _file_ids(ck) -> dict:

@@ -140,6 +140,7 @@ class Job:
     def __init__(self, cfg, prompt=None, tokenizer=None, ids=None, answers=None, inputs_path=None):
         self.cfg, self.prompt, self.tokenizer = cfg, prompt, tokenizer
         self.ids, self.answers, self.inputs_path = ids, answers, inputs_path
+        self.checkpoint = None  # the open GGUF file cfg came from, if any (load_engine loads from it)
 
 
 def prepare(args, comm, model_dir) -> Job:
@@ -151,7 +152,7 @@ def prepare(args, comm, model_dir) -> Job:
     rank = comm.Get_rank()
     # three agree() calls on every rank, whatever the mode (ranks given different modes must still
     # meet in the same collectives; check_same_model then tells them apart)
-    cfg = agree(comm, lambda: read_config(model_dir))
+    cfg, ck = agree(comm, lambda: read_config(model_dir))  # ck: a GGUF file, parsed once for both
 
     def files():
         if generation_mode(args) or args.inputs is not None:
@@ -181,7 +182,9 @@ def prepare(args, comm, model_dir) -> Job:
                                  f"{cfg.vocab_size} for this workload and model")
         return Job(cfg, ids=ids, answers=ans, inputs_path=inputs)
 
-    return agree(comm, gen if generation_mode(args) else work)
+    job = agree(comm, gen if generation_mode(args) else work)
+    job.checkpoint = ck
+    return job
 
 
 def run_inputs(args, job: Job) -> dict:
@@ -199,10 +202,11 @@ def default_threads(size: int) -> int:
     return max(1, min(usable, (os.cpu_count() or 1) // size))
 
 
-def load_engine(args, comm, model_dir, inputs: dict | None = None):
-    """Load the engine on every rank and check that the ranks agree (check_same_model) on the
-    model, plan, numerics and `inputs` (the caller's {name: value} that shape the work: run_inputs
-    here, the slot and step sizes in serve); install the plan's executor."""
+def load_engine(args, comm, model_dir, inputs: dict | None = None, checkpoint=None):
+    """Load the engine on every rank (from `checkpoint`, the open checkpoint of model_dir, where
+    the caller has one) and check that the ranks agree (check_same_model) on the model, plan,
+    numerics and `inputs` (the caller's {name: value} that shape the work: run_inputs here, the
+    slot and step sizes in serve); install the plan's executor."""
     from .engine import Engine
 
     plan = agree(comm, lambda: ParallelPlan(args.plan, comm.Get_size(), comm.Get_rank()))  # before loading
@@ -211,9 +215,13 @@ def load_engine(args, comm, model_dir, inputs: dict | None = None):
     agree(comm, lambda: enable_bf16_dot(args.dtype, args.device) if args.bf16_dot else None)
     numerics = cli_numerics()
     t0 = time.perf_counter()
-    eng = agree(comm, lambda: Engine.from_pretrained(model_dir, dtype=args.dtype, device=args.device,
-                                                     num_threads=threads,
-                                                     verbose=not args.quiet and comm.Get_rank() == 0))
+    verbose = not args.quiet and comm.Get_rank() == 0
+    if checkpoint is None:
+        eng = agree(comm, lambda: Engine.from_pretrained(model_dir, dtype=args.dtype, device=args.device,
+                                                         num_threads=threads, verbose=verbose))
+    else:
+        eng = agree(comm, lambda: Engine.from_checkpoint(checkpoint, dtype=args.dtype, device=args.device,
+                                                         num_threads=threads, verbose=verbose))
     log.info(f"loaded {model_dir} ({eng.config.model_type}, {eng.config.num_hidden_layers} layers, "
              f"dtype {eng.dtype_description}) in {time.perf_counter() - t0:.2f} s; {comm.Get_size()} rank(s) × "
              f"{threads} threads")
@@ -359,7 +367,9 @@ def _main(comm, args) -> int:
     agree(comm, lambda: check_args(args, rank))  # typed errors before any expensive work, printed once
     model_dir = resolve_model(args, comm)
     job = prepare(args, comm, model_dir)
-    eng = load_engine(args, comm, model_dir, run_inputs(args, job))
+    eng = load_engine(args, comm, model_dir, run_inputs(args, job), job.checkpoint)
+    if job.checkpoint is not None:
+        job.checkpoint.close()  # the engine holds its own copies of the weights
     if generation_mode(args):
         summary = run_generation(args, comm, eng, model_dir, job)
     else:
